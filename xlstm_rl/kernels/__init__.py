@@ -1,0 +1,112 @@
+"""Kernel layer: functional mLSTM and sLSTM ops, tensors in, tensors out.
+
+Batch-first everywhere. mLSTM: q, k (B, H, T, Dk), v (B, H, T, Dv), i, f (B, H, T),
+resets (B, T) bool, state (C, n, m) with C (B, H, Dk, Dv), n (B, H, Dk), m (B, H) in
+float32. sLSTM: g (B, T, H, 4, Dh) in gate order (i, f, z, o), R (H, Dh, 4, Dh),
+state (c, n, m, h) each (B, H, Dh). See the spec for the maths.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from xlstm_rl.kernels import validate
+from xlstm_rl.kernels.mlstm.chunkwise import mlstm_sequence_chunkwise
+from xlstm_rl.kernels.mlstm.parallel import mlstm_sequence_parallel
+from xlstm_rl.kernels.mlstm.reference import (
+    empty_state,
+    mlstm_sequence_reference,
+    mlstm_step_reference,
+)
+from xlstm_rl.kernels.registry import backends, register_backend, resolve
+from xlstm_rl.kernels.slstm.reference import (
+    slstm_empty_state,
+    slstm_sequence_reference,
+    slstm_step_reference,
+)
+
+register_backend("mlstm_sequence", "reference", mlstm_sequence_reference)
+register_backend("mlstm_sequence", "parallel", mlstm_sequence_parallel)
+register_backend("mlstm_sequence", "chunkwise", mlstm_sequence_chunkwise)
+register_backend("mlstm_step", "reference", mlstm_step_reference)
+register_backend("slstm_sequence", "reference", slstm_sequence_reference)
+register_backend("slstm_step", "reference", slstm_step_reference)
+
+
+def mlstm_sequence(q, k, v, i, f, *, resets=None, state=None, backend="auto", chunk_size=64):
+    """Run the mLSTM over a sequence. Returns h (B, H, T, Dv) and the final state (C, n, m)."""
+    B, H, T, Dk, Dv = validate.check_mlstm_inputs(q, k, v, i, f, time_axis=True)
+    if T < 1:
+        raise ValueError("mlstm_sequence needs T >= 1")
+    validate.check_mask("resets", resets, (B, T), "B T")
+    validate.check_mlstm_state(state, B, H, Dk, Dv)
+    fn = resolve("mlstm_sequence", backend, q)
+    return fn(q, k, v, i, f, resets=resets, state=state, chunk_size=chunk_size)
+
+
+def mlstm_step(q, k, v, i, f, state, *, reset=None, backend="auto"):
+    """One recurrent mLSTM step. Returns h (B, H, Dv) and the new state (C, n, m)."""
+    B, H, _, Dk, Dv = validate.check_mlstm_inputs(q, k, v, i, f, time_axis=False)
+    validate.check_mask("reset", reset, (B,), "B")
+    validate.check_mlstm_state(state, B, H, Dk, Dv)
+    return resolve("mlstm_step", backend, q)(q, k, v, i, f, state, reset=reset)
+
+
+def _check_slstm(g: torch.Tensor, R: torch.Tensor, time_axis: bool) -> tuple[int, ...]:
+    validate.check_float("g", g)
+    validate.check_float("R", R)
+    if time_axis:
+        validate.check_shape("g", g, (None, None, None, 4, None), "B T H 4 Dh")
+        B, T, H, _, Dh = g.shape
+    else:
+        validate.check_shape("g", g, (None, None, 4, None), "B H 4 Dh")
+        B, H, _, Dh = g.shape
+        T = 1
+    validate.check_shape("R", R, (H, Dh, 4, Dh), "H Dh 4 Dh")
+    return B, T, H, Dh
+
+
+def _check_slstm_state(state, B: int, H: int, Dh: int) -> None:
+    if state is None:
+        return
+    if not isinstance(state, (tuple, list)) or len(state) != 4:
+        raise TypeError("sLSTM state must be a tuple (c, n, m, h) or None")
+    for name, s in zip("cnmh", state):
+        validate.check_float(f"state {name}", s)
+        validate.check_shape(f"state {name}", s, (B, H, Dh), "B H Dh")
+
+
+def slstm_sequence(g, R, *, resets=None, state=None, backend="auto"):
+    """Run the sLSTM over a sequence. Returns h (B, T, H, Dh) and the state (c, n, m, h)."""
+    B, T, H, Dh = _check_slstm(g, R, time_axis=True)
+    if T < 1:
+        raise ValueError("slstm_sequence needs T >= 1")
+    validate.check_mask("resets", resets, (B, T), "B T")
+    _check_slstm_state(state, B, H, Dh)
+    return resolve("slstm_sequence", backend, g)(g, R, resets=resets, state=state)
+
+
+def slstm_step(g, R, state, *, reset=None, backend="auto"):
+    """One sLSTM step. g (B, H, 4, Dh). Returns h (B, H, Dh) and the state (c, n, m, h)."""
+    B, _, H, Dh = _check_slstm(g, R, time_axis=False)
+    validate.check_mask("reset", reset, (B,), "B")
+    _check_slstm_state(state, B, H, Dh)
+    return resolve("slstm_step", backend, g)(g, R, state, reset=reset)
+
+
+__all__ = [
+    "backends",
+    "empty_state",
+    "mlstm_sequence",
+    "mlstm_sequence_chunkwise",
+    "mlstm_sequence_parallel",
+    "mlstm_sequence_reference",
+    "mlstm_step",
+    "mlstm_step_reference",
+    "register_backend",
+    "slstm_empty_state",
+    "slstm_sequence",
+    "slstm_sequence_reference",
+    "slstm_step",
+    "slstm_step_reference",
+]

@@ -1,0 +1,109 @@
+"""mLSTM chunkwise form: linear in T, the training path on the CPU.
+
+Batch-first: q, k (B, H, T, Dk), v (B, H, T, Dv), i, f (B, H, T), resets (B, T).
+T is split into chunks of L steps (the last one may be partial). The state
+(C, n, m) is carried across chunks by the recurrent rule applied to a whole chunk;
+inside a chunk every output comes from the parallel form plus the carried state,
+scaled by the decay since the chunk start. Resets enter as masks: pairs with a
+reset between them are masked, and a chunk's carried state is dead from its
+first reset on. Gradients come from autograd; the stabilisers are detached.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+from xlstm_rl.kernels.mlstm.parallel import segment_log_decay
+from xlstm_rl.kernels.mlstm.reference import State, compute_dtype, empty_state
+
+# Padded steps: no input (i = -1e30 gives weight exp(-1e30 - m) = 0) and no decay.
+_NO_INPUT = -1e30
+
+
+def _pad_time(x: torch.Tensor, pad: int, value: float, dim: int) -> torch.Tensor:
+    if pad == 0:
+        return x
+    shape = list(x.shape)
+    shape[dim] = pad
+    return torch.cat([x, x.new_full(shape, value)], dim=dim)
+
+
+def mlstm_sequence_chunkwise(
+    q: torch.Tensor,  # (B, H, T, Dk)
+    k: torch.Tensor,  # (B, H, T, Dk)
+    v: torch.Tensor,  # (B, H, T, Dv)
+    i: torch.Tensor,  # (B, H, T)
+    f: torch.Tensor,  # (B, H, T)
+    *,
+    resets: torch.Tensor | None = None,  # (B, T) bool
+    state: State | None = None,
+    chunk_size: int = 64,
+) -> tuple[torch.Tensor, State]:
+    if not isinstance(chunk_size, int) or chunk_size < 1:
+        raise ValueError(f"chunk_size must be a positive int, got {chunk_size!r}")
+    B, H, T, Dk = q.shape
+    Dv = v.shape[-1]
+    dt = compute_dtype(q)
+    if state is None:
+        state = empty_state(B, H, Dk, Dv, q.device, dt)
+    C_prev, n_prev, m_prev = (s.to(dt) for s in state)
+    out_dtype = v.dtype
+    q, k, v, i, f = (x.to(dt) for x in (q, k, v, i, f))
+    q = q / math.sqrt(Dk)
+
+    L = min(chunk_size, T)
+    NC = -(-T // L)
+    pad = NC * L - T
+    log_f = _pad_time(F.logsigmoid(f), pad, 0.0, 2).view(B, H, NC, L)
+    i = _pad_time(i, pad, _NO_INPUT, 2).view(B, H, NC, L)
+    q, k, v = (_pad_time(x, pad, 0.0, 2).view(B, H, NC, L, -1) for x in (q, k, v))
+
+    log_d = segment_log_decay(log_f) + i[..., None, :]  # (B, H, NC, L, L)
+    if resets is not None:
+        r = _pad_time(resets, pad, False, 1).view(B, 1, NC, L)
+        episode = r.long().cumsum(-1)  # resets seen so far inside the chunk
+        log_d = log_d.masked_fill(episode[..., :, None] != episode[..., None, :], float("-inf"))
+        alive = episode == 0  # (B, 1, NC, L): carried state still counts at t
+    else:
+        alive = torch.ones(1, 1, NC, L, dtype=torch.bool, device=q.device)
+    decay_in = log_f.cumsum(-1)  # (B, H, NC, L): sum of log_f over [chunk start, t]
+
+    # each chunk's own keys and values, decayed to the chunk end (the last row of log_d)
+    log_w_end = log_d[..., -1, :]  # (B, H, NC, L)
+    m_local = log_w_end.amax(-1).detach()  # (B, H, NC)
+    w_end = torch.exp(log_w_end - m_local[..., None])
+    kv_chunk = torch.einsum("bhcs,bhcsd,bhcse->bhcde", w_end, k, v)  # (B, H, NC, Dk, Dv)
+    k_chunk = torch.einsum("bhcs,bhcsd->bhcd", w_end, k)  # (B, H, NC, Dk)
+    decay_chunk = decay_in[..., -1]  # (B, H, NC)
+    alive_end = alive[..., -1]  # (B, 1, NC)
+
+    # carry the state across chunks: C_states[c] is the state entering chunk c
+    C_states, n_states, m_states = [], [], []
+    for c in range(NC):
+        C_states.append(C_prev)
+        n_states.append(n_prev)
+        m_states.append(m_prev)
+        log_keep = (decay_chunk[..., c] + m_prev).masked_fill(~alive_end[..., c], float("-inf"))
+        m_next = torch.maximum(log_keep, m_local[..., c]).detach()
+        keep = torch.exp(log_keep - m_next)
+        new = torch.exp(m_local[..., c] - m_next)
+        C_prev = keep[..., None, None] * C_prev + new[..., None, None] * kv_chunk[:, :, c]
+        n_prev = keep[..., None] * n_prev + new[..., None] * k_chunk[:, :, c]
+        m_prev = m_next
+    C_in = torch.stack(C_states, dim=2)  # (B, H, NC, Dk, Dv)
+    n_in = torch.stack(n_states, dim=2)  # (B, H, NC, Dk)
+    m_in = torch.stack(m_states, dim=2)  # (B, H, NC)
+
+    # outputs: intra-chunk parallel form plus the carried state
+    log_state = (decay_in + m_in[..., None]).masked_fill(~alive, float("-inf"))  # (B, H, NC, L)
+    m = torch.maximum(log_d.amax(-1), log_state).detach()
+    scores = (q @ k.transpose(-1, -2)) * torch.exp(log_d - m[..., None])  # (B, H, NC, L, L)
+    state_w = torch.exp(log_state - m)
+    num = scores @ v + state_w[..., None] * (q @ C_in)
+    den = scores.sum(-1) + state_w * (q @ n_in[..., None]).squeeze(-1)
+    h = num / torch.maximum(den.abs(), torch.exp(-m))[..., None]
+    h = h.reshape(B, H, NC * L, Dv)[:, :, :T]
+    return h.to(out_dtype), (C_prev, n_prev, m_prev)

@@ -1,0 +1,87 @@
+"""mLSTM parallel (quadratic) form: every output from one (T, T) decay matrix.
+
+Batch-first: q, k (B, H, T, Dk), v (B, H, T, Dv), i, f (B, H, T), resets (B, T).
+A second reference for short sequences and the building block of the chunkwise
+form. Log-decays F_ts = sum of logsigmoid(f) over (s, t] are built by a masked
+cumulative sum, never as a difference of prefix sums, and pairs separated by a
+reset are masked, not produced by -inf arithmetic.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+from xlstm_rl.kernels.mlstm.reference import State, compute_dtype, empty_state
+
+
+def segment_log_decay(log_f: torch.Tensor) -> torch.Tensor:
+    """F[..., t, s] = sum_{r in (s, t]} log_f[..., r] for s <= t, -inf above the diagonal."""
+    T = log_f.shape[-1]
+    strictly_lower = torch.ones(T, T, dtype=torch.bool, device=log_f.device).tril(-1)
+    # rows are r, columns s: term r counts for pair (t, s) when s < r <= t
+    terms = log_f[..., :, None].expand(*log_f.shape, T).masked_fill(~strictly_lower, 0.0)
+    decay = terms.cumsum(dim=-2)  # (..., t, s)
+    causal = torch.ones(T, T, dtype=torch.bool, device=log_f.device).tril()
+    return decay.masked_fill(~causal, float("-inf"))
+
+
+def same_episode(resets: torch.Tensor | None, B: int, T: int, device) -> torch.Tensor | None:
+    """(B, 1, T, T) bool: no reset in (s, t]. None when there are no resets."""
+    if resets is None:
+        return None
+    episode = resets.long().cumsum(dim=1)  # (B, T)
+    return (episode[:, :, None] == episode[:, None, :])[:, None]
+
+
+def state_alive(resets: torch.Tensor | None, B: int, T: int, device) -> torch.Tensor:
+    """(B, 1, T) bool: no reset in [0, t], so the incoming state still counts at t."""
+    if resets is None:
+        return torch.ones(B, 1, T, dtype=torch.bool, device=device)
+    return (resets.long().cumsum(dim=1) == 0)[:, None]
+
+
+def mlstm_sequence_parallel(
+    q: torch.Tensor,  # (B, H, T, Dk)
+    k: torch.Tensor,  # (B, H, T, Dk)
+    v: torch.Tensor,  # (B, H, T, Dv)
+    i: torch.Tensor,  # (B, H, T)
+    f: torch.Tensor,  # (B, H, T)
+    *,
+    resets: torch.Tensor | None = None,  # (B, T) bool
+    state: State | None = None,
+    chunk_size: int = 64,  # unused: kept so every backend has one signature
+) -> tuple[torch.Tensor, State]:
+    B, H, T, Dk = q.shape
+    Dv = v.shape[-1]
+    dt = compute_dtype(q)
+    if state is None:
+        state = empty_state(B, H, Dk, Dv, q.device, dt)
+    C0, n0, m0 = (s.to(dt) for s in state)
+    out_dtype = v.dtype
+    q, k, v, i, f = (x.to(dt) for x in (q, k, v, i, f))
+    q = q / math.sqrt(Dk)
+
+    log_f = F.logsigmoid(f)
+    log_d = segment_log_decay(log_f) + i[..., None, :]  # (B, H, T, T)
+    mask = same_episode(resets, B, T, q.device)
+    if mask is not None:
+        log_d = log_d.masked_fill(~mask, float("-inf"))
+    alive = state_alive(resets, B, T, q.device)  # (B, 1, T)
+    log_state = (log_f.cumsum(-1) + m0[..., None]).masked_fill(~alive, float("-inf"))  # (B, H, T)
+
+    m = torch.maximum(log_d.amax(-1), log_state).detach()  # (B, H, T)
+    d = torch.exp(log_d - m[..., None])
+    state_w = torch.exp(log_state - m)  # (B, H, T)
+    s = (q @ k.transpose(-1, -2)) * d  # (B, H, T, T)
+    num = s @ v + state_w[..., None] * (q @ C0)
+    den = s.sum(-1) + state_w * (q @ n0[..., None]).squeeze(-1)
+    h = num / torch.maximum(den.abs(), torch.exp(-m))[..., None]
+
+    # final state: the last row of the decay matrix, as keys/values weights
+    w_last = torch.exp(log_d[..., -1, :] - m[..., -1:])  # (B, H, T)
+    C = state_w[..., -1, None, None] * C0 + torch.einsum("bhs,bhsd,bhse->bhde", w_last, k, v)
+    n = state_w[..., -1, None] * n0 + torch.einsum("bhs,bhsd->bhd", w_last, k)
+    return h.to(out_dtype), (C, n, m[..., -1])

@@ -1,0 +1,93 @@
+"""mLSTM reference: the stabilised recurrent step and the step loop over a sequence.
+
+Batch-first throughout: q, k (B, H, T, Dk), v (B, H, T, Dv), i, f (B, H, T).
+This is the spec's "stabilised recurrent step" written as plainly as possible; the
+parallel, chunkwise and Triton forms are tested against it. The compute dtype is
+float32 (float64 when the inputs are float64, for gradient checks).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+State = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
+
+
+def compute_dtype(x: torch.Tensor) -> torch.dtype:
+    return torch.float64 if x.dtype == torch.float64 else torch.float32
+
+
+def empty_state(B: int, H: int, Dk: int, Dv: int, device, dtype=torch.float32) -> State:
+    return (
+        torch.zeros(B, H, Dk, Dv, device=device, dtype=dtype),
+        torch.zeros(B, H, Dk, device=device, dtype=dtype),
+        torch.zeros(B, H, device=device, dtype=dtype),
+    )
+
+
+def apply_reset(state: State, reset: torch.Tensor | None) -> State:
+    """Replace the state of rows with reset[b] = True by the empty state."""
+    if reset is None:
+        return state
+    C, n, m = state
+    keep = (~reset).to(C.dtype)  # (B,)
+    return C * keep[:, None, None, None], n * keep[:, None, None], m * keep[:, None]
+
+
+def mlstm_step_reference(
+    q: torch.Tensor,  # (B, H, Dk)
+    k: torch.Tensor,  # (B, H, Dk)
+    v: torch.Tensor,  # (B, H, Dv)
+    i: torch.Tensor,  # (B, H)
+    f: torch.Tensor,  # (B, H)
+    state: State | None,
+    *,
+    reset: torch.Tensor | None = None,  # (B,) bool
+) -> tuple[torch.Tensor, State]:
+    B, H, Dk = q.shape
+    Dv = v.shape[-1]
+    dt = compute_dtype(q)
+    if state is None:
+        state = empty_state(B, H, Dk, Dv, q.device, dt)
+    C, n, m = apply_reset(tuple(s.to(dt) for s in state), reset)
+    out_dtype = v.dtype
+    q, k, v, i, f = (x.to(dt) for x in (q, k, v, i, f))
+
+    log_f = F.logsigmoid(f)
+    m_new = torch.maximum(log_f + m, i).detach()  # the stabiliser carries no gradient
+    f_s = torch.exp(log_f + m - m_new)
+    i_s = torch.exp(i - m_new)
+    C = f_s[..., None, None] * C + i_s[..., None, None] * (k[..., :, None] * v[..., None, :])
+    n = f_s[..., None] * n + i_s[..., None] * k
+    q_s = q / math.sqrt(Dk)
+    num = torch.einsum("bhd,bhde->bhe", q_s, C)
+    den = torch.maximum((q_s * n).sum(-1).abs(), torch.exp(-m_new))
+    h = num / den[..., None]
+    return h.to(out_dtype), (C, n, m_new)
+
+
+def mlstm_sequence_reference(
+    q: torch.Tensor,  # (B, H, T, Dk)
+    k: torch.Tensor,  # (B, H, T, Dk)
+    v: torch.Tensor,  # (B, H, T, Dv)
+    i: torch.Tensor,  # (B, H, T)
+    f: torch.Tensor,  # (B, H, T)
+    *,
+    resets: torch.Tensor | None = None,  # (B, T) bool
+    state: State | None = None,
+    chunk_size: int = 64,  # unused: kept so every backend has one signature
+) -> tuple[torch.Tensor, State]:
+    T = q.shape[2]
+    hs = []
+    for t in range(T):
+        reset_t = None if resets is None else resets[:, t]
+        h_t, state = mlstm_step_reference(
+            q[:, :, t], k[:, :, t], v[:, :, t], i[:, :, t], f[:, :, t], state, reset=reset_t
+        )
+        hs.append(h_t)
+    if T == 0:
+        raise ValueError("mlstm_sequence needs T >= 1")
+    return torch.stack(hs, dim=2), state

@@ -1,0 +1,78 @@
+"""Input checks shared by every kernel backend.
+
+Errors name the expected shape with dimension names, so a caller sees what the
+op wanted, not only what it got.
+"""
+
+from __future__ import annotations
+
+import torch
+
+FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
+
+def check_float(name: str, x: torch.Tensor) -> None:
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
+    if x.dtype not in FLOAT_DTYPES:
+        raise TypeError(
+            f"{name} must be a floating tensor (float16/bfloat16/float32/float64), got {x.dtype}"
+        )
+
+
+def check_shape(name: str, x: torch.Tensor, expected: tuple, names: str) -> None:
+    """`expected` holds ints, with None where any size is fine; `names` spells them out."""
+    ok = x.dim() == len(expected) and all(e is None or e == s for e, s in zip(expected, x.shape))
+    if not ok:
+        want = ", ".join(
+            f"{n}={e}" if e is not None else n for n, e in zip(names.split(), expected)
+        )
+        raise ValueError(f"{name} must have shape ({want}), got {tuple(x.shape)}")
+
+
+def check_mask(name: str, mask: torch.Tensor | None, expected: tuple, names: str) -> None:
+    if mask is None:
+        return
+    if not isinstance(mask, torch.Tensor) or mask.dtype != torch.bool:
+        got = mask.dtype if isinstance(mask, torch.Tensor) else type(mask).__name__
+        raise TypeError(f"{name} must be a bool tensor of shape {names.split()}, got {got}")
+    check_shape(name, mask, expected, names)
+
+
+def check_mlstm_inputs(q, k, v, i, f, *, time_axis: bool) -> tuple[int, ...]:
+    """Validate q, k, v, i, f; return (B, H, T, Dk, Dv), with T = 1 for the step form."""
+    for name, x in (("q", q), ("k", k), ("v", v), ("i", i), ("f", f)):
+        check_float(name, x)
+    if time_axis:
+        check_shape("q", q, (None,) * 4, "B H T Dk")
+        B, H, T, Dk = q.shape
+        check_shape("k", k, (B, H, T, Dk), "B H T Dk")
+        check_shape("v", v, (B, H, T, None), "B H T Dv")
+        Dv = v.shape[-1]
+        check_shape("i", i, (B, H, T), "B H T")
+        check_shape("f", f, (B, H, T), "B H T")
+    else:
+        check_shape("q", q, (None,) * 3, "B H Dk")
+        B, H, Dk = q.shape
+        T = 1
+        check_shape("k", k, (B, H, Dk), "B H Dk")
+        check_shape("v", v, (B, H, None), "B H Dv")
+        Dv = v.shape[-1]
+        check_shape("i", i, (B, H), "B H")
+        check_shape("f", f, (B, H), "B H")
+    if not (q.dtype == k.dtype == v.dtype):
+        raise TypeError(f"q, k, v must share a dtype, got {q.dtype}, {k.dtype}, {v.dtype}")
+    return B, H, T, Dk, Dv
+
+
+def check_mlstm_state(state, B: int, H: int, Dk: int, Dv: int) -> None:
+    if state is None:
+        return
+    if not isinstance(state, (tuple, list)) or len(state) != 3:
+        raise TypeError("mLSTM state must be a tuple (C, n, m) or None")
+    C, n, m = state
+    for name, x in (("state C", C), ("state n", n), ("state m", m)):
+        check_float(name, x)
+    check_shape("state C", C, (B, H, Dk, Dv), "B H Dk Dv")
+    check_shape("state n", n, (B, H, Dk), "B H Dk")
+    check_shape("state m", m, (B, H), "B H")
