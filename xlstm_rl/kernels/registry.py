@@ -1,8 +1,9 @@
 """Backends chosen by name through one small registry.
 
 Each op maps backend names to functions with one signature. `"auto"` picks the
-Triton backend when it is registered and can run on the inputs' device (CUDA),
-else the op's CPU default; it decides the same way every time for the same device.
+Triton backend for CUDA inputs when it is registered and can run, else the op's
+CPU default; it decides the same way every time for the same device. CPU inputs
+always get the CPU default under "auto" (Triton's interpreter is for tests only).
 Asking for a backend that cannot run on the inputs raises, saying why.
 """
 
@@ -55,7 +56,7 @@ def backends(op: str) -> list[str]:
 def resolve(op: str, name: str, x: torch.Tensor) -> Callable:
     table = _BACKENDS[op]
     if name == "auto":
-        for fast in _ACCELERATED:
+        for fast in _ACCELERATED if x.is_cuda else ():
             if fast in table and table[fast].unavailable(x) is None:
                 return table[fast].fn
         return table[_CPU_DEFAULT[op]].fn
