@@ -55,9 +55,7 @@ class TMazeEnv(gym.Env[np.ndarray, int]):
         max_steps: int | None = None,
         step_penalty: float = 0.0,
     ) -> None:
-        self.corridor_length = check_int(
-            "corridor_length", corridor_length, 1, MAX_CORRIDOR_LENGTH
-        )
+        self.corridor_length = check_int("corridor_length", corridor_length, 1, MAX_CORRIDOR_LENGTH)
         self.passive = bool(passive)
         episode_length = self.corridor_length + 1
         if max_steps is None:

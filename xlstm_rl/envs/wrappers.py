@@ -51,9 +51,7 @@ class FlattenTupleObservation(gym.ObservationWrapper):
             for sub in members:
                 if not isinstance(sub, SUPPORTED_SPACES):
                     raise ValueError(f"cannot flatten {space}: member {sub} is not supported")
-            self.observation_space = spaces.Dict(
-                {str(i): sub for i, sub in enumerate(members)}
-            )
+            self.observation_space = spaces.Dict({str(i): sub for i, sub in enumerate(members)})
 
     def observation(self, observation: tuple) -> Any:
         if self._discrete:
@@ -81,6 +79,27 @@ class MiniGridObservation(gym.ObservationWrapper):
 
     def observation(self, observation: dict[str, Any]) -> dict[str, Any]:
         return {"direction": observation["direction"], "image": observation["image"]}
+
+
+class CopyInfoArrays(gym.Wrapper):
+    """Return fresh copies of the arrays in ``info``.
+
+    POPGym's CountRecall returns one counts array in every info and updates it
+    in place (MultiarmedBandit shares one array between its infos), so infos
+    kept from earlier steps would change; gymnasium's env checker warns about it.
+    """
+
+    @staticmethod
+    def _copy(info: dict[str, Any]) -> dict[str, Any]:
+        return {k: v.copy() if isinstance(v, np.ndarray) else v for k, v in info.items()}
+
+    def reset(self, **kwargs: Any) -> tuple[Any, dict[str, Any]]:
+        obs, info = self.env.reset(**kwargs)
+        return obs, self._copy(info)
+
+    def step(self, action: Any) -> tuple[Any, float, bool, bool, dict[str, Any]]:
+        obs, reward, terminated, truncated, info = self.env.step(action)
+        return obs, reward, terminated, truncated, self._copy(info)
 
 
 class EpisodeSuccess(gym.Wrapper):
