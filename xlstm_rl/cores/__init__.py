@@ -1,0 +1,93 @@
+"""Memory cores: nn.Modules with one interface (see `MemoryCore`).
+
+`build_core(name, input_size, hidden_size, **options)` builds any of them:
+"mlstm" and "slstm" (residual stacks of one block type, `num_blocks`), "xlstm"
+(a mixed stack, `pattern="msmm"`-style, one letter a block), "lstm", "gru" and
+the memoryless "mlp".
+"""
+
+from __future__ import annotations
+
+import inspect
+
+from xlstm_rl.cores.base import MemoryCore
+from xlstm_rl.cores.mlstm_block import MLSTMBlock, MLSTMBlockConfig
+from xlstm_rl.cores.rnn import GRUCore, LSTMCore, MLPCore
+from xlstm_rl.cores.slstm_block import SLSTMBlock, SLSTMBlockConfig
+from xlstm_rl.cores.xlstm import BLOCK_OPTIONS, MLSTMCore, SLSTMCore, XLSTMConfig, XLSTMCore
+
+
+def _build_xlstm(input_size: int, hidden_size: int, pattern: str = "ms", **options):
+    """Options go to the blocks they belong to; `mlstm=` / `slstm=` dicts also work."""
+    mlstm, slstm = dict(options.pop("mlstm", {})), dict(options.pop("slstm", {}))
+    for key, value in options.items():
+        owners = [letter for letter in "ms" if key in BLOCK_OPTIONS[letter]]
+        if not owners:
+            valid = sorted(BLOCK_OPTIONS["m"] | BLOCK_OPTIONS["s"] | {"pattern"})
+            raise ValueError(f"unknown option {key!r} for core 'xlstm'; valid: {valid}")
+        if "m" in owners:
+            mlstm.setdefault(key, value)
+        if "s" in owners:
+            slstm.setdefault(key, value)
+    return XLSTMCore(XLSTMConfig(input_size, hidden_size, pattern, mlstm=mlstm, slstm=slstm))
+
+
+CORES = {
+    "mlstm": MLSTMCore,
+    "slstm": SLSTMCore,
+    "xlstm": _build_xlstm,
+    "lstm": LSTMCore,
+    "gru": GRUCore,
+    "mlp": MLPCore,
+}
+
+
+def register_core(name: str, builder) -> None:
+    """Make a core buildable by name: builder(input_size, hidden_size, **options)."""
+    CORES[name] = builder
+
+
+def _valid_options(builder) -> list[str]:
+    params = inspect.signature(builder).parameters
+    names = [p for p in params if p not in ("input_size", "hidden_size", "block_options")]
+    if builder is MLSTMCore:
+        names += BLOCK_OPTIONS["m"]
+    if builder is SLSTMCore:
+        names += BLOCK_OPTIONS["s"]
+    if builder is _build_xlstm:
+        names = ["pattern", "mlstm", "slstm", *BLOCK_OPTIONS["m"], *BLOCK_OPTIONS["s"]]
+    return sorted(set(names) - {"options"})
+
+
+def build_core(name: str, input_size: int, hidden_size: int, **options) -> MemoryCore:
+    """Build the memory core `name`; unknown names or options raise ValueError."""
+    if name not in CORES:
+        raise ValueError(f"unknown core {name!r}; valid cores: {sorted(CORES)}")
+    builder = CORES[name]
+    try:
+        return builder(input_size, hidden_size, **options)
+    except TypeError as err:
+        if "unexpected keyword argument" not in str(err):
+            raise
+        raise ValueError(
+            f"bad option for core {name!r}: {err}; valid options: {_valid_options(builder)}"
+        ) from None
+
+
+__all__ = [
+    "CORES",
+    "GRUCore",
+    "LSTMCore",
+    "MLPCore",
+    "MLSTMBlock",
+    "MLSTMBlockConfig",
+    "MLSTMCore",
+    "MemoryCore",
+    "SLSTMBlock",
+    "SLSTMBlockConfig",
+    "SLSTMCore",
+    "XLSTMConfig",
+    "XLSTMCore",
+    "build_core",
+    "register_core",
+]

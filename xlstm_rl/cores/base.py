@@ -1,0 +1,134 @@
+"""The one interface every memory core implements.
+
+Batch-first: sequences are x (B, T, input_size) with resets (B, T) bool; steps are
+x (B, input_size) with reset (B,) bool. resets[b, t] = True means an episode begins
+at t for row b: the state entering t is replaced by `initial_state` before x_t is
+consumed. Recurrent state is a TensorDict with batch_size [B], always passed in and
+returned, never kept on the module.
+"""
+
+from __future__ import annotations
+
+import torch
+from tensordict import TensorDict
+from torch import nn
+
+
+class MemoryCore(nn.Module):
+    """Base class: subclasses implement `_state_shapes`, `_forward` and `_step`."""
+
+    input_size: int
+    output_size: int
+
+    def _state_shapes(self) -> dict[str, tuple[int, ...]]:
+        """Per-row shapes of the state's leaves, keyed by their (possibly nested) names."""
+        raise NotImplementedError
+
+    def _forward(self, x, state, resets):
+        raise NotImplementedError
+
+    def _step(self, x, state, reset):
+        raise NotImplementedError
+
+    def initial_state(self, batch_size: int, device=None) -> TensorDict:
+        """The empty state (all zeros) for `batch_size` rows."""
+        device = device if device is not None else self._device()
+        leaves = {
+            key: torch.zeros(batch_size, *shape, device=device)
+            for key, shape in self._state_shapes().items()
+        }
+        return TensorDict(_nest(leaves), batch_size=[batch_size], device=device)
+
+    def forward(self, x: torch.Tensor, state: TensorDict, resets: torch.Tensor | None = None):
+        """Run over a sequence: x (B, T, input_size) -> y (B, T, output_size), new state."""
+        self._check_x(x, seq=True)
+        B, T = x.shape[:2]
+        _check_mask("resets", resets, (B, T), "(B, T)")
+        self._check_state(state, B)
+        return self._forward(x, state, resets)
+
+    def step(self, x: torch.Tensor, state: TensorDict, reset: torch.Tensor | None = None):
+        """One step: x (B, input_size) -> y (B, output_size), new state."""
+        self._check_x(x, seq=False)
+        B = x.shape[0]
+        _check_mask("reset", reset, (B,), "(B,)")
+        self._check_state(state, B)
+        return self._step(x, state, reset)
+
+    def _device(self) -> torch.device:
+        p = next(self.parameters(), None)
+        return p.device if p is not None else torch.device("cpu")
+
+    def _check_x(self, x: torch.Tensor, seq: bool) -> None:
+        name = "(B, T, input_size)" if seq else "(B, input_size)"
+        if not isinstance(x, torch.Tensor) or not x.is_floating_point():
+            got = x.dtype if isinstance(x, torch.Tensor) else type(x).__name__
+            raise TypeError(
+                f"{type(self).__name__} expects a floating x of shape {name}, got {got}"
+            )
+        if x.dim() != (3 if seq else 2) or x.shape[-1] != self.input_size:
+            raise ValueError(
+                f"{type(self).__name__} expects x of shape {name} with input_size="
+                f"{self.input_size}, got {tuple(x.shape)}"
+                + ("; use step() for a single time step" if seq and x.dim() == 2 else "")
+            )
+
+    def _check_state(self, state: TensorDict, B: int) -> None:
+        cls = type(self).__name__
+        if not isinstance(state, TensorDict):
+            raise TypeError(
+                f"{cls} expects its state as a TensorDict from initial_state(), "
+                f"got {type(state).__name__}"
+            )
+        if state.batch_size != torch.Size([B]):
+            raise ValueError(
+                f"{cls}: the state's batch_size {list(state.batch_size)} does not match "
+                f"the input's batch size B={B}"
+            )
+        shapes = self._state_shapes()
+        keys = {_join(k) for k in state.keys(include_nested=True, leaves_only=True)}
+        if keys != set(shapes):
+            raise ValueError(
+                f"{cls}: the state does not come from this core: expected keys "
+                f"{sorted(shapes)}, got {sorted(keys)}"
+            )
+        for key, shape in shapes.items():
+            got = state.get(tuple(key.split("/"))).shape[1:]
+            if got != torch.Size(shape):
+                raise ValueError(
+                    f"{cls}: state entry {key!r} has per-row shape {tuple(got)}, expected "
+                    f"{shape}; the state comes from a core of another size"
+                )
+
+
+def _join(key) -> str:
+    return "/".join(key) if isinstance(key, tuple) else key
+
+
+def _nest(leaves: dict[str, torch.Tensor]) -> dict:
+    nested: dict = {}
+    for key, value in leaves.items():
+        *path, leaf = key.split("/")
+        node = nested
+        for part in path:
+            node = node.setdefault(part, {})
+        node[leaf] = value
+    return nested
+
+
+def _check_mask(name: str, mask, shape: tuple, names: str) -> None:
+    if mask is None:
+        return
+    if not isinstance(mask, torch.Tensor) or mask.dtype != torch.bool:
+        got = mask.dtype if isinstance(mask, torch.Tensor) else type(mask).__name__
+        raise TypeError(f"{name} must be a bool tensor of shape {names}, got {got}")
+    if tuple(mask.shape) != shape:
+        raise ValueError(f"{name} must have shape {names} = {shape}, got {tuple(mask.shape)}")
+
+
+def reset_rows(state: TensorDict, reset: torch.Tensor | None) -> TensorDict:
+    """Zero (the empty state) the rows where reset is True."""
+    if reset is None:
+        return state
+    keep = ~reset
+    return state.apply(lambda t: t * keep.view(-1, *([1] * (t.dim() - 1))).to(t.dtype))

@@ -1,0 +1,92 @@
+"""Baselines behind the memory-core interface: LSTM, GRU and a memoryless MLP.
+
+Batch-first. The LSTM and GRU run torch's fused layers between reset points: the
+sequence is cut where any row resets, the rows that reset get the empty state,
+and each piece runs fused. With no resets that is a single fused call.
+"""
+
+from __future__ import annotations
+
+import torch
+from tensordict import TensorDict
+from torch import nn
+
+from xlstm_rl.cores.base import MemoryCore, reset_rows
+
+
+class _TorchRNNCore(MemoryCore):
+    rnn_cls: type[nn.RNNBase]
+    state_keys: tuple[str, ...]
+
+    def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1):
+        super().__init__()
+        if input_size < 1 or hidden_size < 1 or num_layers < 1:
+            raise ValueError("input_size, hidden_size and num_layers must be positive")
+        self.input_size, self.hidden_size, self.output_size = input_size, hidden_size, hidden_size
+        self.num_layers = num_layers
+        self.rnn = self.rnn_cls(input_size, hidden_size, num_layers=num_layers, batch_first=True)
+
+    def _state_shapes(self):
+        return {key: (self.num_layers, self.hidden_size) for key in self.state_keys}
+
+    def _to_torch(self, state: TensorDict):
+        hx = tuple(state[key].transpose(0, 1).contiguous() for key in self.state_keys)
+        return hx if len(hx) > 1 else hx[0]
+
+    def _from_torch(self, hx, batch_size) -> TensorDict:
+        hx = hx if isinstance(hx, tuple) else (hx,)
+        return TensorDict(
+            {key: h.transpose(0, 1) for key, h in zip(self.state_keys, hx)}, batch_size=batch_size
+        )
+
+    def _forward(self, x, state, resets):
+        T = x.shape[1]
+        cuts = [0, T]
+        if resets is not None:
+            cuts = sorted({0, T, *resets.any(0).nonzero().flatten().tolist()})
+        ys = []
+        for start, end in zip(cuts[:-1], cuts[1:]):
+            if resets is not None:
+                state = reset_rows(state, resets[:, start])
+            y, hx = self.rnn(x[:, start:end], self._to_torch(state))
+            state = self._from_torch(hx, state.batch_size)
+            ys.append(y)
+        return torch.cat(ys, dim=1), state
+
+    def _step(self, x, state, reset):
+        y, state = self._forward(x[:, None], state, None if reset is None else reset[:, None])
+        return y[:, 0], state
+
+
+class LSTMCore(_TorchRNNCore):
+    rnn_cls = nn.LSTM
+    state_keys = ("h", "c")
+
+
+class GRUCore(_TorchRNNCore):
+    rnn_cls = nn.GRU
+    state_keys = ("h",)
+
+
+class MLPCore(MemoryCore):
+    """Memoryless baseline: a two-layer MLP per step; its state is empty."""
+
+    def __init__(self, input_size: int, hidden_size: int, num_layers: int = 2):
+        super().__init__()
+        if input_size < 1 or hidden_size < 1 or num_layers < 1:
+            raise ValueError("input_size, hidden_size and num_layers must be positive")
+        self.input_size, self.hidden_size, self.output_size = input_size, hidden_size, hidden_size
+        layers, width = [], input_size
+        for _ in range(num_layers):
+            layers += [nn.Linear(width, hidden_size), nn.Tanh()]
+            width = hidden_size
+        self.net = nn.Sequential(*layers)
+
+    def _state_shapes(self):
+        return {}
+
+    def _forward(self, x, state, resets):
+        return self.net(x), state
+
+    def _step(self, x, state, reset):
+        return self.net(x), state
