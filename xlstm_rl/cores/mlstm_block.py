@@ -22,14 +22,15 @@ from xlstm_rl.kernels import backends, mlstm_sequence, mlstm_step
 class MLSTMBlockConfig:
     hidden_size: int
     num_heads: int = 4
-    head_dim: int | None = None  # q, k and v width per head; default hidden_size / num_heads
-    ffn_factor: float = 2.0
+    head_dim: int | None = None  # v width per head; default hidden_size / num_heads
+    qk_dim_factor: float = 0.5  # q and k width per head, as a fraction of head_dim
+    ffn_factor: float = 1.0
     gate_cap: float = 15.0
     igate_bias: float = 0.0
     fgate_bias: tuple[float, float] = (3.0, 6.0)  # spread linearly over heads
     backend: str = "auto"
     step_backend: str = "auto"
-    chunk_size: int = 64
+    chunk_size: int | None = None  # None: 16 on the CPU (small chunks are fastest), else 64
 
     def __post_init__(self):
         if self.hidden_size < 1 or self.num_heads < 1:
@@ -47,12 +48,18 @@ class MLSTMBlockConfig:
             raise ValueError(
                 f"unknown step_backend {self.step_backend!r}; valid: {backends('mlstm_step')}"
             )
-        if self.chunk_size < 1 or self.gate_cap <= 0 or self.ffn_factor <= 0:
-            raise ValueError("chunk_size, gate_cap and ffn_factor must be positive")
+        if self.chunk_size is not None and self.chunk_size < 1:
+            raise ValueError(f"chunk_size must be positive or None, got {self.chunk_size}")
+        if self.gate_cap <= 0 or self.ffn_factor <= 0 or not 0 < self.qk_dim_factor <= 4:
+            raise ValueError("gate_cap, ffn_factor and qk_dim_factor (<= 4) must be positive")
 
     @property
     def dh(self) -> int:
         return self.head_dim or self.hidden_size // self.num_heads
+
+    @property
+    def dqk(self) -> int:
+        return max(1, round(self.dh * self.qk_dim_factor))
 
 
 class MLSTMBlock(nn.Module):
@@ -61,28 +68,37 @@ class MLSTMBlock(nn.Module):
         self.config = c = config
         H, dh, d = c.num_heads, c.dh, c.hidden_size
         self.norm = nn.LayerNorm(d)
-        self.qkvo = nn.Linear(d, 4 * H * dh)
-        self.gates = nn.Linear(d, 2 * H)
+        # one projection for q, k, v, the output gate and the input/forget gates
+        self.split = [H * c.dqk, H * c.dqk, H * dh, H * dh, 2 * H]
+        self.proj = nn.Linear(d, sum(self.split))
         self.head_norm = HeadNorm(H, dh)
         self.out = nn.Linear(H * dh, d)
         self.ffn_norm = nn.LayerNorm(d)
         self.ffn = SwiGLU(d, c.ffn_factor)
         with torch.no_grad():
-            nn.init.zeros_(self.gates.weight)
-            self.gates.bias[:H] = c.igate_bias
-            self.gates.bias[H:] = torch.linspace(*c.fgate_bias, H)
+            gate_w, gate_b = self.proj.weight[-2 * H :], self.proj.bias[-2 * H :]
+            gate_w.zero_()
+            gate_b[:H] = c.igate_bias
+            gate_b[H:] = torch.linspace(*c.fgate_bias, H)
 
     def state_shapes(self) -> dict[str, tuple[int, ...]]:
-        H, dh = self.config.num_heads, self.config.dh
-        return {"C": (H, dh, dh), "n": (H, dh), "m": (H,)}
+        c = self.config
+        return {"C": (c.num_heads, c.dqk, c.dh), "n": (c.num_heads, c.dqk), "m": (c.num_heads,)}
 
     def _project(self, x: torch.Tensor):
         """(..., d) -> q, k, v, o as (..., H, dh) and capped gates i, f as (..., H)."""
         c = self.config
-        xn = self.norm(x)
-        q, k, v, o = self.qkvo(xn).unflatten(-1, (4, c.num_heads, c.dh)).unbind(-3)
-        i, f = soft_cap(self.gates(xn), c.gate_cap).unflatten(-1, (2, c.num_heads)).unbind(-2)
-        return q, k, v, o, i, f
+        q, k, v, o, gates = self.proj(self.norm(x)).split(self.split, dim=-1)
+        heads = (c.num_heads, -1)
+        i, f = soft_cap(gates, c.gate_cap).unflatten(-1, (2, c.num_heads)).unbind(-2)
+        return (
+            q.unflatten(-1, heads),
+            k.unflatten(-1, heads),
+            v.unflatten(-1, heads),
+            o.unflatten(-1, heads),
+            i,
+            f,
+        )
 
     def _finish(self, x: torch.Tensor, h: torch.Tensor, o: torch.Tensor) -> torch.Tensor:
         """Per-head norm, output gate, projection, residual, then the feed-forward."""
@@ -101,7 +117,7 @@ class MLSTMBlock(nn.Module):
             resets=resets,
             state=(state["C"], state["n"], state["m"]),
             backend=self.config.backend,
-            chunk_size=self.config.chunk_size,
+            chunk_size=self.config.chunk_size or (64 if x.is_cuda else 16),
         )  # h (B, H, T, dh)
         y = self._finish(x, h.transpose(1, 2), o)
         return y, TensorDict({"C": C, "n": n, "m": m}, batch_size=state.batch_size)

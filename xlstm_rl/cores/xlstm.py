@@ -62,7 +62,8 @@ class XLSTMCore(MemoryCore):
         self.config = config
         self.input_size = config.input_size
         self.hidden_size = self.output_size = config.hidden_size
-        self.proj_in = nn.Linear(config.input_size, config.hidden_size)
+        same = config.input_size == config.hidden_size
+        self.proj_in = nn.Identity() if same else nn.Linear(config.input_size, config.hidden_size)
         self.blocks = nn.ModuleList(
             (MLSTMBlock if letter == "m" else SLSTMBlock)(config.block_config(letter))
             for letter in config.pattern

@@ -61,6 +61,10 @@ def mlstm_sequence_chunkwise(
     i = _pad_time(i, pad, _NO_INPUT, 2).view(B, H, NC, L)
     q, k, v = (_pad_time(x, pad, 0.0, 2).view(B, H, NC, L, -1) for x in (q, k, v))
 
+    # n rides along as one more column of C: a value of 1 for every key
+    v = torch.cat([v, v.new_ones(B, H, NC, L, 1)], dim=-1)  # (B, H, NC, L, Dv + 1)
+    Cn = torch.cat([C_prev, n_prev[..., None]], dim=-1)  # (B, H, Dk, Dv + 1)
+
     log_d = segment_log_decay(log_f) + i[..., None, :]  # (B, H, NC, L, L)
     if resets is not None:
         r = _pad_time(resets, pad, False, 1).view(B, 1, NC, L)
@@ -75,35 +79,31 @@ def mlstm_sequence_chunkwise(
     log_w_end = log_d[..., -1, :]  # (B, H, NC, L)
     m_local = log_w_end.amax(-1).detach()  # (B, H, NC)
     w_end = torch.exp(log_w_end - m_local[..., None])
-    kv_chunk = torch.einsum("bhcs,bhcsd,bhcse->bhcde", w_end, k, v)  # (B, H, NC, Dk, Dv)
-    k_chunk = torch.einsum("bhcs,bhcsd->bhcd", w_end, k)  # (B, H, NC, Dk)
-    decay_chunk = decay_in[..., -1]  # (B, H, NC)
-    alive_end = alive[..., -1]  # (B, 1, NC)
+    kv_chunk = (k * w_end[..., None]).transpose(-1, -2) @ v  # (B, H, NC, Dk, Dv + 1)
+    log_keep = decay_in[..., -1].masked_fill(~alive[..., -1], float("-inf"))  # (B, H, NC)
 
-    # carry the state across chunks: C_states[c] is the state entering chunk c
-    C_states, n_states, m_states = [], [], []
-    for c in range(NC):
-        C_states.append(C_prev)
-        n_states.append(n_prev)
+    # carry the state across chunks: states[c] is the state entering chunk c
+    states, m_states = [], []
+    for kv_c, log_keep_c, m_local_c in zip(
+        kv_chunk.unbind(2), log_keep.unbind(2), m_local.unbind(2)
+    ):
+        states.append(Cn)
         m_states.append(m_prev)
-        log_keep = (decay_chunk[..., c] + m_prev).masked_fill(~alive_end[..., c], float("-inf"))
-        m_next = torch.maximum(log_keep, m_local[..., c]).detach()
-        keep = torch.exp(log_keep - m_next)
-        new = torch.exp(m_local[..., c] - m_next)
-        C_prev = keep[..., None, None] * C_prev + new[..., None, None] * kv_chunk[:, :, c]
-        n_prev = keep[..., None] * n_prev + new[..., None] * k_chunk[:, :, c]
+        m_next = torch.maximum(log_keep_c + m_prev, m_local_c).detach()
+        keep = torch.exp(log_keep_c + m_prev - m_next)
+        new = torch.exp(m_local_c - m_next)
+        Cn = keep[..., None, None] * Cn + new[..., None, None] * kv_c
         m_prev = m_next
-    C_in = torch.stack(C_states, dim=2)  # (B, H, NC, Dk, Dv)
-    n_in = torch.stack(n_states, dim=2)  # (B, H, NC, Dk)
+    Cn_in = torch.stack(states, dim=2)  # (B, H, NC, Dk, Dv + 1)
     m_in = torch.stack(m_states, dim=2)  # (B, H, NC)
 
     # outputs: intra-chunk parallel form plus the carried state
     log_state = (decay_in + m_in[..., None]).masked_fill(~alive, float("-inf"))  # (B, H, NC, L)
     m = torch.maximum(log_d.amax(-1), log_state).detach()
     scores = (q @ k.transpose(-1, -2)) * torch.exp(log_d - m[..., None])  # (B, H, NC, L, L)
-    state_w = torch.exp(log_state - m)
-    num = scores @ v + state_w[..., None] * (q @ C_in)
-    den = scores.sum(-1) + state_w * (q @ n_in[..., None]).squeeze(-1)
+    out = scores @ v + torch.exp(log_state - m)[..., None] * (q @ Cn_in)  # (..., L, Dv + 1)
+    num, den = out[..., :Dv], out[..., Dv]
     h = num / torch.maximum(den.abs(), torch.exp(-m))[..., None]
     h = h.reshape(B, H, NC * L, Dv)[:, :, :T]
+    C_prev, n_prev = Cn[..., :Dv], Cn[..., Dv]
     return h.to(out_dtype), (C_prev, n_prev, m_prev)
