@@ -30,11 +30,16 @@ class MemoryCore(nn.Module):
     def _step(self, x, state, reset):
         raise NotImplementedError
 
+    def state_dtype(self) -> torch.dtype:
+        """float32 (the kernels keep state in float32), float64 for a float64 module."""
+        p = next(self.parameters(), None)
+        return torch.float64 if p is not None and p.dtype == torch.float64 else torch.float32
+
     def initial_state(self, batch_size: int, device=None) -> TensorDict:
         """The empty state (all zeros) for `batch_size` rows."""
         device = device if device is not None else self._device()
         leaves = {
-            key: torch.zeros(batch_size, *shape, device=device)
+            key: torch.zeros(batch_size, *shape, device=device, dtype=self.state_dtype())
             for key, shape in self._state_shapes().items()
         }
         return TensorDict(_nest(leaves), batch_size=[batch_size], device=device)

@@ -29,6 +29,9 @@ class _TorchRNNCore(MemoryCore):
     def _state_shapes(self):
         return {key: (self.num_layers, self.hidden_size) for key in self.state_keys}
 
+    def state_dtype(self) -> torch.dtype:
+        return self.rnn.weight_ih_l0.dtype  # torch's fused layers want their own dtype
+
     def _to_torch(self, state: TensorDict):
         hx = tuple(state[key].transpose(0, 1).contiguous() for key in self.state_keys)
         return hx if len(hx) > 1 else hx[0]

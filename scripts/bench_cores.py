@@ -1,0 +1,121 @@
+"""Benchmark the memory cores on the CPU: training pass and acting step.
+
+For each core at B=64 environments, T=128, hidden 128, with about 2% of steps
+resets: the time of one training pass (forward + backward over the sequence) and
+of one acting step at B=16. Baselines measured in the same run: torch's fused
+nn.LSTM over the same sequence without resets, and the mLSTM core on the
+reference step loop. Prints the ratios the memory-cores issue asks for and the
+mLSTM step time at t=10 versus t=10,000 into an episode.
+
+    python scripts/bench_cores.py [--repeats 20] [--threads N]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import torch
+from torch import nn
+
+from xlstm_rl.cores import build_core
+
+B, T, HIDDEN, B_STEP, RESET_RATE = 64, 128, 128, 16, 0.02
+
+
+def timeit(fn, repeats: int, warmup: int = 3) -> float:
+    """Median wall time of fn() in milliseconds."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append((time.perf_counter() - start) * 1e3)
+    return statistics.median(times)
+
+
+def train_pass(core, x, resets):
+    def run():
+        core.zero_grad(set_to_none=True)
+        y, _ = core(x, core.initial_state(x.shape[0]), resets)
+        y.square().mean().backward()
+
+    return run
+
+
+def step_fn(core, x, steps_before: int = 10):
+    state = core.initial_state(x.shape[0])
+    with torch.inference_mode():
+        for _ in range(steps_before):
+            _, state = core.step(x, state)
+
+    def run():
+        with torch.inference_mode():
+            core.step(x, state)
+
+    return run
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=20)
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: all)")
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    x = torch.randn(B, T, HIDDEN)
+    resets = torch.rand(B, T) < RESET_RATE
+    x_step = torch.randn(B_STEP, HIDDEN)
+    print(
+        f"CPU, {torch.get_num_threads()} threads; B={B} T={T} hidden={HIDDEN}, "
+        f"{resets.float().mean():.1%} resets; step at B={B_STEP}; median of {args.repeats}"
+    )
+
+    rows = {}
+    for name in ("mlstm", "slstm", "xlstm", "lstm", "gru", "mlp"):
+        core = build_core(name, HIDDEN, HIDDEN)
+        rows[name] = (
+            timeit(train_pass(core, x, resets), args.repeats),
+            timeit(step_fn(core, x_step), args.repeats * 10),
+        )
+    ref = build_core("mlstm", HIDDEN, HIDDEN, backend="reference")
+    rows["mlstm (reference loop)"] = (
+        timeit(train_pass(ref, x, resets), max(3, args.repeats // 4)),
+        float("nan"),
+    )
+    fused = nn.LSTM(HIDDEN, HIDDEN, batch_first=True)
+
+    def fused_pass():
+        fused.zero_grad(set_to_none=True)
+        y, _ = fused(x)
+        y.square().mean().backward()
+
+    rows["nn.LSTM fused, no resets"] = (timeit(fused_pass, args.repeats), float("nan"))
+
+    print(f"\n| core | train pass fwd+bwd (ms) | acting step B={B_STEP} (ms) |")
+    print("|---|---:|---:|")
+    for name, (train_ms, step_ms) in rows.items():
+        step = "-" if step_ms != step_ms else f"{step_ms:.3f}"
+        print(f"| {name} | {train_ms:.2f} | {step} |")
+
+    chunk, lstm_ms = rows["mlstm"][0], rows["nn.LSTM fused, no resets"][0]
+    print(f"\nmLSTM chunkwise / fused nn.LSTM (train pass): {chunk / lstm_ms:.2f}  (target <= 1.0)")
+    print(
+        f"reference loop / mLSTM chunkwise (train pass): "
+        f"{rows['mlstm (reference loop)'][0] / chunk:.1f}x  (target >= 5x)"
+    )
+
+    mlstm = build_core("mlstm", HIDDEN, HIDDEN)
+    early = timeit(step_fn(mlstm, x_step, 10), args.repeats * 10)
+    late = timeit(step_fn(mlstm, x_step, 10_000), args.repeats * 10)
+    print(
+        f"mLSTM step at t=10: {early:.3f} ms, at t=10,000: {late:.3f} ms, "
+        f"ratio {late / early:.2f}  (target within 10%)"
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,84 @@
+"""Bad input to a core gives a clear error that says what was expected."""
+
+import pytest
+import torch
+
+from xlstm_rl.cores import CORES, build_core
+
+NAMES = sorted(CORES)
+
+
+def make(name):
+    return build_core(name, 5, 16, **({"num_heads": 2} if "lstm" in name[1:] else {}))
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_wrong_rank_and_width(name):
+    core = make(name)
+    state = core.initial_state(3)
+    with pytest.raises(ValueError, match=r"\(B, T, input_size\).*input_size=5"):
+        core(torch.randn(3, 7), state)
+    with pytest.raises(ValueError, match="input_size=5"):
+        core(torch.randn(3, 4, 6), state)
+    with pytest.raises(ValueError, match=r"\(B, input_size\)"):
+        core.step(torch.randn(3, 4, 5), state)
+    with pytest.raises(TypeError, match="floating"):
+        core(torch.ones(3, 4, 5, dtype=torch.long), state)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_batch_mismatch(name):
+    core = make(name)
+    with pytest.raises(ValueError, match="batch size B=3"):
+        core(torch.randn(3, 4, 5), core.initial_state(2))
+    with pytest.raises(ValueError, match="batch size B=3"):
+        core.step(torch.randn(3, 5), core.initial_state(4))
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_resets_must_be_bool_and_shaped(name):
+    core = make(name)
+    state = core.initial_state(3)
+    with pytest.raises(TypeError, match="bool"):
+        core(torch.randn(3, 4, 5), state, torch.zeros(3, 4))
+    with pytest.raises(ValueError, match=r"\(B, T\)"):
+        core(torch.randn(3, 4, 5), state, torch.zeros(3, 5, dtype=torch.bool))
+    with pytest.raises(TypeError, match="bool"):
+        core.step(torch.randn(3, 5), state, torch.zeros(3, dtype=torch.int64))
+
+
+@pytest.mark.parametrize(
+    ("a", "b"),
+    [("mlstm", "slstm"), ("lstm", "gru"), ("gru", "mlstm"), ("xlstm", "mlstm"), ("mlp", "lstm")],
+)
+def test_state_from_another_core(a, b):
+    core_a, core_b = make(a), make(b)
+    with pytest.raises(ValueError, match="does not come from this core"):
+        core_a(torch.randn(2, 3, 5), core_b.initial_state(2))
+
+
+def test_state_from_a_core_of_another_size():
+    small, big = build_core("mlstm", 5, 16, num_heads=2), build_core("mlstm", 5, 32, num_heads=2)
+    with pytest.raises(ValueError, match="another size"):
+        small.step(torch.randn(2, 5), big.initial_state(2))
+
+
+def test_state_must_be_a_tensordict():
+    core = make("gru")
+    with pytest.raises(TypeError, match="TensorDict"):
+        core(torch.randn(2, 3, 5), {"h": torch.zeros(2, 1, 16)})
+
+
+def test_unknown_core_and_options():
+    with pytest.raises(ValueError, match="unknown core 'transformerx'.*valid cores"):
+        build_core("transformerx", 5, 16)
+    with pytest.raises(ValueError, match="num_hedas.*valid.*num_heads"):
+        build_core("mlstm", 5, 16, num_hedas=2)
+    with pytest.raises(ValueError, match="unknown option 'colour'"):
+        build_core("xlstm", 5, 16, colour="red")
+    with pytest.raises(ValueError, match="pattern"):
+        build_core("xlstm", 5, 16, pattern="mxs")
+    with pytest.raises(ValueError, match="not divisible by num_heads"):
+        build_core("mlstm", 5, 18, num_heads=4)
+    with pytest.raises(ValueError, match="unknown backend 'cuda-magic'"):
+        build_core("mlstm", 5, 16, backend="cuda-magic")

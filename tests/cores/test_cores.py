@@ -1,0 +1,183 @@
+"""Every core meets the memory-core interface: sequence == steps, halves == one pass,
+a reset mid-sequence == two separate episodes, gradients reach every parameter."""
+
+import pytest
+import torch
+from tensordict import TensorDict
+
+from xlstm_rl.cores import CORES, build_core
+
+NAMES = sorted(CORES)
+B, T, IN, HID = 3, 23, 5, 16
+OPTIONS = {"mlstm": {"num_heads": 2}, "slstm": {"num_heads": 2}, "xlstm": {"num_heads": 2}}
+
+
+def make(name, dtype=torch.float64, **extra):
+    torch.manual_seed(0)
+    core = build_core(name, IN, HID, **{**OPTIONS.get(name, {}), **extra})
+    # non-trivial recurrent weights and gates, so the tests see memory at work
+    with torch.no_grad():
+        for p in core.parameters():
+            p.add_(0.1 * torch.randn_like(p))
+    return core.to(dtype)
+
+
+def canonical(state: TensorDict) -> dict:
+    """Leaves of a state, mLSTM (C, n, m) entries in true units (m is only a scale)."""
+    out = {}
+    for key in state.keys(include_nested=True, leaves_only=True):
+        key = key if isinstance(key, tuple) else (key,)
+        parent = state.get(key[:-1]) if len(key) > 1 else state
+        leaf = key[-1]
+        if "C" in parent.keys() and leaf in ("C", "n"):
+            scale = parent["m"].exp()
+            out[key] = parent[leaf] * scale.view(*scale.shape, *[1] * (parent[leaf].dim() - 2))
+        elif not ("C" in parent.keys() and leaf == "m"):
+            out[key] = parent[leaf]
+    return out
+
+
+def assert_states_close(a, b, **tol):
+    ca, cb = canonical(a), canonical(b)
+    assert ca.keys() == cb.keys()
+    for key in ca:
+        torch.testing.assert_close(ca[key], cb[key], **tol, msg=f"state {key}")
+
+
+def inputs(dtype=torch.float64, reset_rate=0.15):
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(B, T, IN, generator=g, dtype=dtype)
+    resets = torch.rand(B, T, generator=g) < reset_rate
+    resets[0, 0] = resets[1, 5] = resets[1, 6] = True
+    return x, resets
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_sequence_equals_steps(name):
+    core = make(name)
+    x, resets = inputs()
+    state0 = core.initial_state(B)
+    y, state = core(x, state0, resets)
+    assert y.shape == (B, T, core.output_size)
+    ys, s = [], state0
+    for t in range(T):
+        y_t, s = core.step(x[:, t], s, resets[:, t])
+        ys.append(y_t)
+    torch.testing.assert_close(y, torch.stack(ys, 1), rtol=1e-9, atol=1e-9)
+    assert_states_close(state, s, rtol=1e-9, atol=1e-9)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_two_halves_equal_one_pass(name):
+    core = make(name)
+    x, resets = inputs()
+    state0 = core.initial_state(B)
+    y, state = core(x, state0, resets)
+    cut = 11
+    y1, mid = core(x[:, :cut], state0, resets[:, :cut])
+    y2, end = core(x[:, cut:], mid, resets[:, cut:])
+    torch.testing.assert_close(torch.cat([y1, y2], 1), y, rtol=1e-9, atol=1e-9)
+    assert_states_close(end, state, rtol=1e-9, atol=1e-9)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_reset_equals_separate_episodes(name):
+    core = make(name)
+    x, _ = inputs()
+    cut = 9
+    resets = torch.zeros(B, T, dtype=torch.bool)
+    resets[0, cut] = True  # row 0 starts a new episode at `cut`; rows 1, 2 do not
+    state0 = core.initial_state(B)
+    y, state = core(x, state0, resets)
+    y_first, _ = core(x[:1, :cut], core.initial_state(1))
+    y_second, state_second = core(x[:1, cut:], core.initial_state(1))
+    torch.testing.assert_close(y[:1], torch.cat([y_first, y_second], 1), rtol=1e-9, atol=1e-9)
+    assert_states_close(state[:1], state_second, rtol=1e-9, atol=1e-9)
+    y_rest, _ = core(x[1:], core.initial_state(B - 1))
+    torch.testing.assert_close(y[1:], y_rest, rtol=1e-9, atol=1e-9)
+    if name != "mlp":  # a memory core's output after `cut` depends on what came before
+        y_no_reset, _ = core(x[:1], core.initial_state(1))
+        assert (y_no_reset[0, cut:] - y[0, cut:]).abs().max() > 1e-6
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_float32_matches_float64(name):
+    core64 = make(name)
+    core32 = make(name, torch.float32)
+    x, resets = inputs()
+    y64, _ = core64(x, core64.initial_state(B), resets)
+    y32, _ = core32(x.float(), core32.initial_state(B), resets)
+    torch.testing.assert_close(y32.double(), y64, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_gradients_reach_every_parameter(name):
+    core = make(name, torch.float32)
+    x, resets = inputs(torch.float32)
+    x.requires_grad_(True)
+    y, state = core(x, core.initial_state(B), resets)
+    loss = y.square().mean() + sum(v.sum() for v in state.values(True, True) if v.requires_grad)
+    loss.backward()
+    for pname, p in core.named_parameters():
+        assert p.grad is not None and p.grad.abs().sum() > 0, f"no gradient for {pname}"
+    assert x.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_memory_carries_information(name):
+    """Changing x_0 changes y_{T-1}: the state carries the past (not for the mlp)."""
+    core = make(name)
+    x, _ = inputs()
+    y, _ = core(x, core.initial_state(B))
+    x2 = x.clone()
+    x2[:, 0] += 1.0
+    y2, _ = core(x2, core.initial_state(B))
+    changed = (y2[:, -1] - y[:, -1]).abs().max() > 1e-9
+    assert changed == (name != "mlp")
+
+
+def test_lstm_resets_match_a_plain_cell_loop():
+    """The LSTM's cut-at-resets fused path equals an nn.LSTMCell loop with zeroed rows."""
+    core = make("lstm")
+    x, resets = inputs()
+    y, _ = core(x, core.initial_state(B), resets)
+    cell = torch.nn.LSTMCell(IN, HID).double()
+    rnn = core.rnn
+    cell.weight_ih.data, cell.weight_hh.data = rnn.weight_ih_l0.data, rnn.weight_hh_l0.data
+    cell.bias_ih.data, cell.bias_hh.data = rnn.bias_ih_l0.data, rnn.bias_hh_l0.data
+    h = c = torch.zeros(B, HID, dtype=torch.float64)
+    ys = []
+    for t in range(T):
+        keep = (~resets[:, t]).double()[:, None]
+        h, c = cell(x[:, t], (h * keep, c * keep))
+        ys.append(h)
+    torch.testing.assert_close(y, torch.stack(ys, 1), rtol=1e-9, atol=1e-9)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_initial_state_and_sizes(name):
+    core = make(name, torch.float32)
+    state = core.initial_state(4)
+    assert isinstance(state, TensorDict) and state.batch_size == torch.Size([4])
+    assert all((v == 0).all() for v in state.values(True, True))
+    assert core.output_size == HID
+    y, new = core.step(torch.randn(4, IN), state)
+    assert y.shape == (4, HID) and new.batch_size == torch.Size([4])
+
+
+def test_xlstm_pattern_and_blocks():
+    core = build_core("xlstm", IN, HID, pattern="msm", num_heads=2)
+    kinds = [type(b).__name__ for b in core.blocks]
+    assert kinds == ["MLSTMBlock", "SLSTMBlock", "MLSTMBlock"]
+    assert len(build_core("mlstm", IN, HID, num_blocks=3, num_heads=2).blocks) == 3
+    assert len(build_core("slstm", IN, HID, num_blocks=2, num_heads=2).blocks) == 2
+
+
+def test_chunk_size_does_not_change_results():
+    x, resets = inputs()
+    ys = [
+        make("mlstm", chunk_size=c)(x, make("mlstm").initial_state(B), resets)[0]
+        for c in (1, 5, 16, 64)
+    ]
+    for y in ys[1:]:
+        torch.testing.assert_close(y, ys[0], rtol=1e-9, atol=1e-9)
