@@ -9,7 +9,12 @@ from xlstm_rl.cores import CORES, build_core
 
 NAMES = sorted(CORES)
 B, T, IN, HID = 3, 23, 5, 16
-OPTIONS = {"mlstm": {"num_heads": 2}, "slstm": {"num_heads": 2}, "xlstm": {"num_heads": 2}}
+OPTIONS = {
+    "mlstm": {"num_heads": 2},
+    "slstm": {"num_heads": 2},
+    "xlstm": {"num_heads": 2},
+    "transformer": {"num_heads": 2, "memory_len": 8},
+}
 
 
 def make(name, dtype=torch.float64, **extra):
@@ -125,15 +130,20 @@ def test_gradients_reach_every_parameter(name):
 
 @pytest.mark.parametrize("name", NAMES)
 def test_memory_carries_information(name):
-    """Changing x_0 changes y_{T-1}: the state carries the past (not for the mlp)."""
+    """Changing x_0 changes a later y: the state carries the past (not for the mlp).
+
+    The transformer sees back num_layers * memory_len steps and nothing before."""
     core = make(name)
     x, _ = inputs()
     y, _ = core(x, core.initial_state(B))
     x2 = x.clone()
     x2[:, 0] += 1.0
     y2, _ = core(x2, core.initial_state(B))
-    changed = (y2[:, -1] - y[:, -1]).abs().max() > 1e-9
+    reach = T - 1 if name != "transformer" else 2 * 8
+    changed = (y2[:, reach] - y[:, reach]).abs().max() > 1e-9
     assert changed == (name != "mlp")
+    if name == "transformer":
+        assert (y2[:, reach + 1 :] - y[:, reach + 1 :]).abs().max() < 1e-12
 
 
 def test_lstm_resets_match_a_plain_cell_loop():

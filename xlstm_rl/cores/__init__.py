@@ -2,8 +2,9 @@
 
 `build_core(name, input_size, hidden_size, **options)` builds any of them:
 "mlstm" and "slstm" (residual stacks of one block type, `num_blocks`), "xlstm"
-(a mixed stack, `pattern="msmm"`-style, one letter a block), "lstm", "gru" and
-the memoryless "mlp".
+(a mixed stack, `pattern="msmm"`-style, one letter a block), "lstm", "gru", the
+memoryless "mlp" and "transformer" (a gated Transformer-XL with a cache of past
+activations, the architecture xLSTM claims to replace).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from xlstm_rl.cores.base import MemoryCore
 from xlstm_rl.cores.mlstm_block import MLSTMBlock, MLSTMBlockConfig
 from xlstm_rl.cores.rnn import GRUCore, LSTMCore, MLPCore
 from xlstm_rl.cores.slstm_block import SLSTMBlock, SLSTMBlockConfig
+from xlstm_rl.cores.transformer import TransformerCore
 from xlstm_rl.cores.xlstm import BLOCK_OPTIONS, MLSTMCore, SLSTMCore, XLSTMConfig, XLSTMCore
 
 
@@ -39,6 +41,7 @@ CORES = {
     "lstm": LSTMCore,
     "gru": GRUCore,
     "mlp": MLPCore,
+    "transformer": TransformerCore,
 }
 
 
@@ -86,6 +89,7 @@ __all__ = [
     "SLSTMBlock",
     "SLSTMBlockConfig",
     "SLSTMCore",
+    "TransformerCore",
     "XLSTMConfig",
     "XLSTMCore",
     "build_core",

@@ -1,0 +1,139 @@
+"""Gated Transformer-XL-style memory core (GTrXL): attention over a cache of past activations.
+
+Batch-first: x (B, T, input_size) -> y (B, T, hidden_size). Each layer keeps the
+last `memory_len` inputs it saw as its state (`mem`, (B, W, d)) with a validity
+mask (`valid`, (B, W)). A query attends to itself and the W items before it, with
+a learned bias per head and distance, never across an episode start. Residuals
+are GRU-type gates biased towards the identity (Parisotto et al., 2020). The
+acting cost grows with W up to the window and then stays flat; the memory it
+holds is W * d floats per layer and row.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from tensordict import TensorDict
+from torch import nn
+
+from xlstm_rl.cores.base import MemoryCore
+
+
+class GRUGate(nn.Module):
+    """out = (1 - z) * x + z * tanh(W y + U (r * x)), with z's bias starting at -2."""
+
+    def __init__(self, d: int, bias: float = 2.0):
+        super().__init__()
+        self.w = nn.Linear(d, 3 * d, bias=False)
+        self.u_rz = nn.Linear(d, 2 * d, bias=False)
+        self.u_h = nn.Linear(d, d, bias=False)
+        self.bias = bias
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        wr, wz, wh = self.w(y).chunk(3, dim=-1)
+        ur, uz = self.u_rz(x).chunk(2, dim=-1)
+        r = torch.sigmoid(wr + ur)
+        z = torch.sigmoid(wz + uz - self.bias)
+        return (1 - z) * x + z * torch.tanh(wh + self.u_h(r * x))
+
+
+class GTrXLLayer(nn.Module):
+    def __init__(self, d: int, num_heads: int, memory_len: int, ffn_factor: float):
+        super().__init__()
+        if d % num_heads:
+            raise ValueError(f"hidden_size={d} is not divisible by num_heads={num_heads}")
+        self.d, self.num_heads, self.memory_len = d, num_heads, memory_len
+        self.norm_attn = nn.LayerNorm(d)
+        self.qkv = nn.Linear(d, 3 * d)
+        self.out = nn.Linear(d, d)
+        self.distance_bias = nn.Parameter(torch.zeros(num_heads, memory_len + 1))
+        self.gate_attn = GRUGate(d)
+        self.norm_ffn = nn.LayerNorm(d)
+        width = max(8, int(d * ffn_factor))
+        self.ffn = nn.Sequential(nn.Linear(d, width), nn.ReLU(), nn.Linear(width, d))
+        self.gate_ffn = GRUGate(d)
+
+    def forward(self, x, mem, valid, resets):
+        """x (B, T, d), mem (B, W, d), valid (B, W) -> y (B, T, d), new mem and valid."""
+        B, T, d = x.shape
+        W, H = self.memory_len, self.num_heads
+        seq = torch.cat([mem, x], dim=1)  # (B, W + T, d): keys in time order
+        q, k, v = self.qkv(self.norm_attn(seq)).unflatten(-1, (3, H, d // H)).unbind(2)
+        q = q[:, W:]  # queries only for the new steps
+
+        query_pos = torch.arange(T, device=x.device)[:, None] + W
+        key_pos = torch.arange(W + T, device=x.device)[None, :]
+        distance = query_pos - key_pos  # (T, W + T)
+        in_window = (distance >= 0) & (distance <= W)
+        # keys belong to the query's episode: no reset in (key, query]; memory needs none in [0, t]
+        episode = (
+            torch.zeros(B, T, dtype=torch.long, device=x.device)
+            if resets is None
+            else resets.long().cumsum(1)
+        )
+        key_episode = torch.cat([torch.full_like(episode[:, :1], -1).expand(B, W), episode], 1)
+        key_alive = torch.cat(
+            [valid.bool(), torch.ones(B, T, dtype=torch.bool, device=x.device)], 1
+        )
+        mem_episode_ok = (episode == 0)[:, :, None] & (key_pos < W)  # (B, T, W + T)
+        same = episode[:, :, None] == key_episode[:, None, :]
+        allowed = in_window & key_alive[:, None, :] & (same | mem_episode_ok)  # (B, T, W + T)
+
+        bias = self.distance_bias[:, distance.clamp(0, W)]  # (H, T, W + T)
+        scores = torch.einsum("bthe,bshe->bhts", q, k) / (d // H) ** 0.5 + bias
+        scores = scores.masked_fill(~allowed[:, None], float("-inf"))
+        attn = torch.einsum("bhts,bshe->bthe", scores.softmax(-1), v).flatten(-2)
+        x = self.gate_attn(x, F.relu(self.out(attn)))
+        x = self.gate_ffn(x, F.relu(self.ffn(self.norm_ffn(x))))
+
+        # the new cache: the last W layer inputs, valid if still in the current episode
+        last_episode = episode[:, -1:]  # (B, 1)
+        new_valid = key_alive & (
+            (key_episode == last_episode) | ((last_episode == 0) & (key_pos < W))
+        )
+        return x, seq[:, -W:], new_valid[:, -W:].to(mem.dtype)
+
+
+class TransformerCore(MemoryCore):
+    """A small GTrXL: layers of gated attention over a sliding cache of past activations."""
+
+    def __init__(
+        self,
+        input_size: int,
+        hidden_size: int,
+        num_layers: int = 2,
+        num_heads: int = 4,
+        memory_len: int = 64,
+        ffn_factor: float = 2.0,
+    ):
+        super().__init__()
+        if min(input_size, hidden_size, num_layers, num_heads, memory_len) < 1:
+            raise ValueError("sizes, num_layers, num_heads and memory_len must be positive")
+        self.input_size, self.hidden_size, self.output_size = input_size, hidden_size, hidden_size
+        self.memory_len = memory_len
+        same = input_size == hidden_size
+        self.proj_in = nn.Identity() if same else nn.Linear(input_size, hidden_size)
+        self.layers = nn.ModuleList(
+            GTrXLLayer(hidden_size, num_heads, memory_len, ffn_factor) for _ in range(num_layers)
+        )
+        self.norm_out = nn.LayerNorm(hidden_size)
+
+    def _state_shapes(self):
+        shapes = {}
+        for n in range(len(self.layers)):
+            shapes[f"layer{n}/mem"] = (self.memory_len, self.hidden_size)
+            shapes[f"layer{n}/valid"] = (self.memory_len,)
+        return shapes
+
+    def _forward(self, x, state, resets):
+        x = self.proj_in(x)
+        new = {}
+        for n, layer in enumerate(self.layers):
+            s = state[f"layer{n}"]
+            x, mem, valid = layer(x, s["mem"], s["valid"], resets)
+            new[f"layer{n}"] = {"mem": mem, "valid": valid}
+        return self.norm_out(x), TensorDict(new, batch_size=state.batch_size)
+
+    def _step(self, x, state, reset):
+        y, state = self._forward(x[:, None], state, None if reset is None else reset[:, None])
+        return y[:, 0], state
