@@ -1,0 +1,173 @@
+"""Checkpoints: written atomically, read with ``torch.load(weights_only=True)``.
+
+A checkpoint holds plain data only (tensors, numbers, strings, lists, dicts): the
+config, model and optimiser state, the update and step counters, the RNG states
+of torch, numpy and Python, the collector's carry (observations, previous
+actions, recurrent state) and the environments' state.
+
+Environments cannot be pickled safely, so their state is stored as a recipe to
+rebuild it: ``EpisodeRecorder`` keeps, for each sub-env, the RNG state (or seed)
+its current episode was reset with and the actions taken since; restoring resets
+each sub-env that way and replays the actions. That is exact for envs whose
+randomness comes from ``self.np_random`` (gymnasium's convention; ours, POPGym and
+MiniGrid follow it). It needs a ``SyncVectorEnv``; with asynchronous envs a
+resumed run starts fresh episodes instead (``restore_envs`` returns False).
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import random
+from pathlib import Path
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+import torch
+from gymnasium.vector import SyncVectorEnv, VectorEnv
+from gymnasium.wrappers.vector import RecordEpisodeStatistics
+
+FORMAT = "xlstm-rl-checkpoint"
+VERSION = 1
+
+
+class CheckpointError(RuntimeError):
+    """A file that is not a readable xlstm-rl checkpoint."""
+
+
+def save_checkpoint(path: str | os.PathLike, payload: dict[str, Any]) -> Path:
+    """Write ``payload`` to ``path`` atomically: a temporary file, then ``os.replace``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        torch.save({"format": FORMAT, "version": VERSION, **payload}, tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
+
+
+def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
+    """Read a checkpoint safely (no arbitrary pickle); CheckpointError if it is damaged."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint not found: {path}")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # torch raises many kinds (OSError, RuntimeError, UnpicklingError...)
+        raise CheckpointError(
+            f"{path} is not a readable checkpoint (truncated, corrupt, or not written by "
+            f"xlstm-rl): {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+        ) from e
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+        raise CheckpointError(f"{path} is not an xlstm-rl checkpoint")
+    if payload.get("version") != VERSION:
+        raise CheckpointError(
+            f"{path} has checkpoint version {payload.get('version')}, this xlstm-rl reads {VERSION}"
+        )
+    return payload
+
+
+def rng_states() -> dict[str, Any]:
+    """The global RNG states of torch, numpy and Python, as plain data."""
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    return {
+        "torch": torch.get_rng_state(),
+        "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, cached],
+        "python": random.getstate(),
+    }
+
+
+def set_rng_states(states: dict[str, Any]) -> None:
+    torch.set_rng_state(states["torch"])
+    kind, keys, pos, has_gauss, cached = states["numpy"]
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
+    version, internal, gauss = states["python"]
+    random.setstate((version, tuple(internal), gauss))
+
+
+class EpisodeRecorder(gym.Wrapper):
+    """Remembers how the current episode began and the actions since, to rebuild it."""
+
+    def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
+        self.reset_seed = seed
+        # The RNG state the reset will draw from (unless a seed replaces it).
+        self.reset_rng = None if seed is not None else copy.deepcopy(self._rng().state)
+        self.actions: list[np.ndarray] = []
+        return self.env.reset(seed=seed, options=options)
+
+    def step(self, action: Any):
+        self.actions.append(np.array(action, copy=True))
+        return self.env.step(action)
+
+    def _rng(self):
+        return self.env.unwrapped.np_random.bit_generator
+
+    def snapshot(self) -> dict[str, Any]:
+        actions = torch.from_numpy(np.stack(self.actions)) if self.actions else None
+        return {"seed": self.reset_seed, "rng": self.reset_rng, "actions": actions}
+
+    def restore(self, snapshot: dict[str, Any]) -> None:
+        if snapshot["seed"] is None:
+            self._rng().state = snapshot["rng"]
+        self.reset(seed=snapshot["seed"])
+        for action in [] if snapshot["actions"] is None else snapshot["actions"].numpy():
+            self.step(action[()])  # 0-d arrays back to numpy scalars, as the vector env passes
+
+
+def _base(envs: VectorEnv) -> VectorEnv:
+    return envs.unwrapped
+
+
+def _statistics(envs: VectorEnv) -> RecordEpisodeStatistics | None:
+    while isinstance(envs, gym.vector.VectorWrapper):
+        if isinstance(envs, RecordEpisodeStatistics):
+            return envs
+        envs = envs.env
+    return None
+
+
+def record_episodes(envs: VectorEnv) -> bool:
+    """Wrap each sub-env in an EpisodeRecorder (before the first reset); False if not sync."""
+    base = _base(envs)
+    if not isinstance(base, SyncVectorEnv):
+        return False
+    base.envs = [EpisodeRecorder(env) for env in base.envs]
+    return True
+
+
+def env_snapshot(envs: VectorEnv) -> dict[str, Any] | None:
+    """The envs' state as plain data, or None when they are not recorded."""
+    base = _base(envs)
+    if not isinstance(base, SyncVectorEnv) or not all(
+        isinstance(env, EpisodeRecorder) for env in base.envs
+    ):
+        return None
+    stats = _statistics(envs)
+    return {
+        "episodes": [env.snapshot() for env in base.envs],
+        "returns": None if stats is None else torch.as_tensor(stats.episode_returns),
+        "lengths": None if stats is None else torch.as_tensor(stats.episode_lengths),
+        "prev_dones": None if stats is None else torch.as_tensor(stats.prev_dones),
+    }
+
+
+def restore_envs(envs: VectorEnv, snapshot: dict[str, Any] | None) -> bool:
+    """Rebuild the envs' state from ``env_snapshot``; False (state untouched) if impossible."""
+    base = _base(envs)
+    if snapshot is None or env_snapshot(envs) is None:
+        return False
+    if len(snapshot["episodes"]) != len(base.envs):
+        raise CheckpointError(
+            f"checkpoint has {len(snapshot['episodes'])} envs, this run {len(base.envs)}"
+        )
+    for env, episode in zip(base.envs, snapshot["episodes"]):
+        env.restore(episode)
+    stats = _statistics(envs)
+    if stats is not None and snapshot["returns"] is not None:
+        stats.episode_returns = snapshot["returns"].numpy().copy()
+        stats.episode_lengths = snapshot["lengths"].numpy().copy()
+        stats.prev_dones = snapshot["prev_dones"].numpy().copy()
+    return True

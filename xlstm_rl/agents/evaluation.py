@@ -1,0 +1,138 @@
+"""Evaluation on held-out seeds with the policy's step path.
+
+Episode j of an evaluation is reset with seed ``seed + EVAL_SEED_OFFSET + j``.
+Training seeds sub-env i with ``seed + i`` (i < num_envs), so the two never meet
+for fewer than a million envs. Episodes run in waves of up to ``EVAL_WIDTH``
+parallel envs, each with its own recurrent state.
+
+An episode succeeds when the env says so (``info["success"]`` on its last step, as
+ours and MiniGrid do); otherwise the rule is: success = return > 0.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import numpy as np
+import torch
+from gymnasium.vector.utils import concatenate, create_empty_array
+from tensordict import TensorDict
+
+from xlstm_rl.agents.checkpoint import load_checkpoint
+from xlstm_rl.agents.encoders import obs_to_tensor
+from xlstm_rl.agents.policy import Policy
+from xlstm_rl.config import TrainConfig, load_config
+from xlstm_rl.envs import make_env
+
+EVAL_SEED_OFFSET = 1_000_000
+EVAL_WIDTH = 16
+
+
+def _batch(space, observations: list) -> Any:
+    return concatenate(space, observations, create_empty_array(space, len(observations)))
+
+
+@torch.inference_mode()
+def evaluate_policy(
+    policy: Policy,
+    config: TrainConfig,
+    episodes: int,
+    seed: int | None = None,
+    deterministic: bool = True,
+) -> dict[str, Any]:
+    """Mean/std return, mean length and success rate over ``episodes`` held-out episodes.
+
+    ``deterministic`` acts with the distribution's mode (argmax, or the Gaussian's
+    mean); False samples, as in training.
+    """
+    if episodes < 1:
+        raise ValueError(f"episodes must be >= 1, got {episodes}")
+    first_seed = (config.seed if seed is None else seed) + EVAL_SEED_OFFSET
+    device = next(policy.parameters()).device
+    env_kwargs = dict(config.env.kwargs)
+    envs = [
+        make_env(config.env.id, env_module=config.env.module, **env_kwargs)
+        for _ in range(min(episodes, EVAL_WIDTH))
+    ]
+    space, head = envs[0].observation_space, policy.actor
+    was_training = policy.training
+    policy.eval()
+    returns, lengths, successes = [], [], []
+    for wave in range(0, episodes, len(envs)):
+        width = min(len(envs), episodes - wave)
+        observations = [envs[i].reset(seed=first_seed + wave + i)[0] for i in range(width)]
+        inputs = TensorDict(
+            obs=obs_to_tensor(space, _batch(space, observations), device),
+            prev_action=head.empty(width, device=device),
+            prev_reward=torch.zeros(width, device=device),
+            batch_size=[width],
+        )
+        state = policy.initial_state(width, device=device)
+        reset = torch.ones(width, dtype=torch.bool, device=device)
+        running = np.ones(width, dtype=bool)
+        episode_return = np.zeros(width)
+        episode_length = np.zeros(width, dtype=int)
+        success = [None] * width
+        while running.any():
+            dist, _, state = policy.step(inputs, state, reset)
+            action = dist.mode if deterministic else dist.sample()
+            env_action = head.to_env(action)
+            rewards = np.zeros(width, dtype=np.float32)
+            for i in np.flatnonzero(running):
+                obs, reward, terminated, truncated, info = envs[i].step(env_action[i])
+                observations[i], rewards[i] = obs, reward
+                episode_return[i] += reward
+                episode_length[i] += 1
+                if terminated or truncated:
+                    running[i] = False
+                    success[i] = info.get("success")
+            inputs = TensorDict(
+                obs=obs_to_tensor(space, _batch(space, observations), device),
+                prev_action=action,
+                prev_reward=torch.as_tensor(rewards, device=device),
+                batch_size=[width],
+            )
+            reset = torch.zeros_like(reset)
+        returns.extend(episode_return.tolist())
+        lengths.extend(episode_length.tolist())
+        successes.extend(
+            bool(s) if s is not None else bool(r > 0) for s, r in zip(success, episode_return)
+        )
+    for env in envs:
+        env.close()
+    policy.train(was_training)
+    return {
+        "episodes": episodes,
+        "return_mean": float(np.mean(returns)),
+        "return_std": float(np.std(returns)),
+        "length_mean": float(np.mean(lengths)),
+        "success_rate": float(np.mean(successes)),
+        "first_seed": first_seed,
+        "deterministic": deterministic,
+    }
+
+
+def policy_from_checkpoint(path: str | os.PathLike, device: str = "cpu"):
+    """(policy, config) rebuilt from a checkpoint."""
+    payload = load_checkpoint(path)
+    config = load_config(payload["config"])
+    env = make_env(config.env.id, env_module=config.env.module, **config.env.kwargs)
+    policy = Policy(env.observation_space, env.action_space, config.core, config.policy)
+    env.close()
+    policy.load_state_dict(payload["model"])
+    return policy.to(device), config
+
+
+def evaluate_checkpoint(
+    path: str | os.PathLike,
+    episodes: int | None = None,
+    seed: int | None = None,
+    deterministic: bool = True,
+    device: str = "cpu",
+) -> dict[str, Any]:
+    """Evaluate a saved policy; ``episodes`` defaults to the run's ``eval_episodes``."""
+    policy, config = policy_from_checkpoint(path, device)
+    episodes = episodes if episodes is not None else max(1, config.eval_episodes)
+    result = evaluate_policy(policy, config, episodes, seed=seed, deterministic=deterministic)
+    return {"checkpoint": str(path), "env": config.env.id, "core": config.core.name, **result}

@@ -1,0 +1,143 @@
+"""Collecting rollouts with the policy's step path, and advantages over them.
+
+A rollout is a TensorDict with batch ``(B, T)`` (envs, time). Row ``[b, t]`` holds
+what the policy saw at step t (``obs``, ``prev_action``, ``prev_reward``, and
+``resets``: an episode starts at t) and what followed (``action``, ``log_prob``,
+``value``, ``reward``, ``done``, ``terminated``, ``truncated``, ``next_value``).
+
+``next_value[b, t]`` is V of the observation after step t under the recurrent state
+after step t: the next row's value inside an episode, V(final observation) where the
+episode was truncated (the core continued one step from its pre-reset state), and
+unused (0 weight) where it terminated. GAE is torchrl's, which cuts the trace at
+``done`` and drops the bootstrap at ``terminated``.
+"""
+
+from __future__ import annotations
+
+import torch
+from gymnasium.vector import VectorEnv
+from tensordict import TensorDict
+from torchrl.objectives.value.functional import generalized_advantage_estimate
+
+from xlstm_rl.agents.encoders import obs_to_tensor
+from xlstm_rl.agents.policy import Policy
+from xlstm_rl.envs import episode_info, final_observations
+
+INPUT_KEYS = ("obs", "prev_action", "prev_reward")
+
+
+class Collector:
+    """Steps a vector env with the policy; keeps the env-side carry between rollouts.
+
+    The carry is what the next step needs: the current observations, previous
+    actions and rewards, which envs start an episode (``episode_start``), and the
+    core's recurrent state. ``collect`` returns the rollout together with the state
+    it started from, which training re-runs the core from.
+    """
+
+    def __init__(self, envs: VectorEnv, policy: Policy, rollout_len: int, device: torch.device):
+        self.envs, self.policy = envs, policy
+        self.rollout_len, self.device = rollout_len, device
+        self.obs_space = envs.single_observation_space
+        num_envs = envs.num_envs
+        obs, _ = envs.reset()
+        self.carry = TensorDict(
+            {
+                "obs": obs_to_tensor(self.obs_space, obs, device),
+                "prev_action": policy.actor.empty(num_envs, device=device),
+                "prev_reward": torch.zeros(num_envs, device=device),
+                "episode_start": torch.ones(num_envs, dtype=torch.bool, device=device),
+            },
+            batch_size=[num_envs],
+        )
+        self.state = policy.initial_state(num_envs, device=device)
+
+    def collect(self) -> tuple[TensorDict, TensorDict, list[dict]]:
+        """One rollout: (rollout (B, T), core state at its start, finished episodes' info)."""
+        # Clones outside inference_mode: training needs normal tensors it can save for backward.
+        initial_state = self.state.clone()
+        rollout, episodes = self._collect()
+        return rollout.clone(), initial_state, episodes
+
+    @torch.inference_mode()
+    def _collect(self) -> tuple[TensorDict, list[dict]]:
+        policy, head, device = self.policy, self.policy.actor, self.device
+        steps, episodes = [], []
+        for t in range(self.rollout_len):
+            inputs = self.carry.select(*INPUT_KEYS)
+            episode_start = self.carry["episode_start"]
+            dist, value, state = policy.step(inputs, self.state, episode_start)
+            action = dist.sample()
+            obs, reward, terminated, truncated, infos = self.envs.step(head.to_env(action))
+
+            reward = torch.as_tensor(reward, dtype=torch.float32, device=device)
+            terminated = torch.as_tensor(terminated, device=device)
+            truncated = torch.as_tensor(truncated, device=device) & ~terminated
+            bootstrap = torch.zeros_like(value)
+            if truncated.any():
+                # Continue the core one step, from its pre-reset state, on the final observation.
+                final_obs = final_observations(self.envs, obs, infos)
+                final = TensorDict(
+                    obs=obs_to_tensor(self.obs_space, final_obs, device),
+                    prev_action=action,
+                    prev_reward=reward,
+                    batch_size=inputs.batch_size,
+                )
+                _, final_value, _ = policy.step(final, state, torch.zeros_like(truncated))
+                bootstrap = torch.where(truncated, final_value, bootstrap)
+            steps.append(
+                inputs.update(
+                    {
+                        "resets": episode_start,
+                        "action": action,
+                        "log_prob": dist.log_prob(action),
+                        "value": value,
+                        "reward": reward,
+                        "done": terminated | truncated,
+                        "terminated": terminated,
+                        "truncated": truncated,
+                        "bootstrap_value": bootstrap,
+                    }
+                )
+            )
+            self.state = state
+            self.carry = TensorDict(
+                obs=obs_to_tensor(self.obs_space, obs, device),
+                prev_action=action,
+                prev_reward=reward,
+                episode_start=terminated | truncated,
+                batch_size=inputs.batch_size,
+            )
+            for episode in episode_info(infos):
+                episodes.append({**episode, "rollout_step": t})
+
+        _, last_value, _ = policy.step(
+            self.carry.select(*INPUT_KEYS), self.state, self.carry["episode_start"]
+        )
+        rollout = torch.stack(steps, dim=1)  # (B, T)
+        next_value = torch.cat([rollout["value"][:, 1:], last_value.unsqueeze(1)], dim=1)
+        rollout["next_value"] = torch.where(
+            rollout["truncated"], rollout["bootstrap_value"], next_value
+        )
+        del rollout["bootstrap_value"]
+        return rollout, episodes
+
+
+def compute_advantages(rollout: TensorDict, gamma: float, gae_lambda: float) -> TensorDict:
+    """Add ``advantages`` and ``returns`` (B, T) to the rollout, with torchrl's GAE."""
+
+    def column(key: str) -> torch.Tensor:
+        return rollout[key].unsqueeze(-1)  # torchrl wants (*B, T, 1): time dim -2
+
+    advantages, returns = generalized_advantage_estimate(
+        gamma,
+        gae_lambda,
+        state_value=column("value"),
+        next_state_value=column("next_value"),
+        reward=column("reward"),
+        done=column("done"),
+        terminated=column("terminated"),
+    )
+    rollout["advantages"] = advantages.squeeze(-1)
+    rollout["returns"] = returns.squeeze(-1)
+    return rollout

@@ -1,0 +1,236 @@
+"""``train(config)``: collect, compute advantages, update, log; checkpoint; evaluate at the end.
+
+One loop serves PPO and A2C (``config.algo``): they share the collector, the policy
+and the logging, and differ only in ``ppo.update``'s schedule and loss. TensorBoard
+logs go to ``<log_dir>/<name>`` under CleanRL's metric names; the latest checkpoint
+is ``<log_dir>/<name>/checkpoint.pt``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import random
+import time
+import warnings
+from collections import deque
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tensordict import TensorDict
+from torch.utils.tensorboard import SummaryWriter
+from tqdm.auto import tqdm
+
+from xlstm_rl.agents.checkpoint import (
+    env_snapshot,
+    load_checkpoint,
+    record_episodes,
+    restore_envs,
+    rng_states,
+    save_checkpoint,
+    set_rng_states,
+)
+from xlstm_rl.agents.evaluation import evaluate_policy
+from xlstm_rl.agents.policy import Policy
+from xlstm_rl.agents.ppo import update
+from xlstm_rl.agents.rollout import Collector, compute_advantages
+from xlstm_rl.config import TrainConfig, load_config
+from xlstm_rl.envs import make_vector_env
+
+
+@dataclass
+class TrainResult:
+    """What ``train`` returns: the final evaluation and where the run's files are."""
+
+    config: TrainConfig
+    final_eval: dict[str, Any]
+    checkpoint: Path
+    run_dir: Path
+    global_step: int
+    updates: int
+    recent_returns: list[float]
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError(f"device {name!r} asked for, but CUDA is not available")
+    return device
+
+
+def run_name(config: TrainConfig) -> str:
+    env = config.env.id.replace("/", "-").replace(":", "-")
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    return f"{env}__{config.algo}-{config.core.name}__s{config.seed}__{stamp}"
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def _checkpoint_payload(
+    config, policy, optimizer, collector, envs, update_idx, global_step, recent
+):
+    return {
+        "config": config.to_dict(),
+        "model": policy.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "update": update_idx,
+        "global_step": global_step,
+        "rng": rng_states(),
+        "carry": collector.carry.to_dict(),
+        "state": collector.state.to_dict(),
+        "envs": env_snapshot(envs),
+        "recent_returns": list(recent),
+    }
+
+
+def _resume(payload, policy, optimizer, collector, envs, device) -> None:
+    policy.load_state_dict(payload["model"])
+    optimizer.load_state_dict(payload["optimizer"])
+    if restore_envs(envs, payload["envs"]):
+        num_envs = collector.carry.batch_size
+        collector.carry = TensorDict(payload["carry"], batch_size=num_envs, device=device)
+        collector.state = TensorDict(payload["state"], batch_size=num_envs, device=device)
+    else:
+        warnings.warn(
+            "the environments' state could not be restored (asynchronous envs, or a checkpoint "
+            "without it): training resumes from fresh episodes, not exactly where it stopped",
+            stacklevel=3,
+        )
+    set_rng_states(payload["rng"])
+
+
+def train(
+    config: TrainConfig | dict | str | os.PathLike | None = None,
+    *,
+    resume: str | os.PathLike | None = None,
+    overrides: dict[str, Any] | None = None,
+    progress: bool = True,
+) -> TrainResult:
+    """Train an agent; see ``TrainConfig`` for the settings and ``TrainResult`` for the output.
+
+    ``config`` is a TrainConfig, a nested dict or a YAML path; ``overrides`` maps
+    dotted keys to values (``{"ppo.lr": 1e-3}``). ``resume`` continues from a
+    checkpoint with the config stored in it (plus ``overrides``; leave ``config``
+    None): same parameters, optimiser, RNG streams, environments and recurrent
+    states, so it carries on exactly as the uninterrupted run would have.
+    """
+    payload = None
+    if resume is not None:
+        if config is not None:
+            raise ValueError("pass either config or resume: a resumed run uses its checkpoint's")
+        payload = load_checkpoint(resume)
+        config = payload["config"]
+    config = load_config(config, overrides)
+    if config.name is None:
+        config = dataclasses.replace(config, name=run_name(config))
+    device = resolve_device(config.device)
+    run_dir = Path(config.log_dir) / config.name
+
+    if config.torch_threads:
+        # Small recurrent models step fastest on one thread; more threads mostly contend.
+        torch.set_num_threads(config.torch_threads)
+    seed_everything(config.seed)
+    envs = make_vector_env(
+        config.env.id,
+        config.env.num_envs,
+        seed=config.seed,
+        asynchronous=config.env.asynchronous,
+        env_module=config.env.module,
+        **config.env.kwargs,
+    )
+    record_episodes(envs)
+    policy = Policy(
+        envs.single_observation_space, envs.single_action_space, config.core, config.policy
+    ).to(device)
+    optimizer = torch.optim.Adam(policy.parameters(), lr=config.ppo.lr, eps=1e-5)
+    collector = Collector(envs, policy, config.ppo.rollout_len, device)
+    start_update, global_step = 0, 0
+    recent = deque(maxlen=100)  # returns of the latest finished episodes
+    if payload is not None:
+        _resume(payload, policy, optimizer, collector, envs, device)
+        start_update, global_step = payload["update"], payload["global_step"]
+        recent.extend(payload["recent_returns"])
+
+    writer = SummaryWriter(str(run_dir), purge_step=global_step if payload else None)
+    if payload is None:
+        writer.add_text("config", f"```\n{config.to_dict()}\n```")
+    checkpoint_path = run_dir / "checkpoint.pt"
+    num_updates = config.num_updates
+    bar = tqdm(
+        total=num_updates * config.steps_per_update,
+        initial=global_step,
+        unit="step",
+        disable=not progress,
+        dynamic_ncols=True,
+    )
+    start_time, start_step = time.perf_counter(), global_step
+    for update_idx in range(start_update + 1, num_updates + 1):
+        lr = config.ppo.lr
+        if config.ppo.anneal_lr:
+            lr *= 1.0 - (update_idx - 1.0) / num_updates
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+
+        rollout, initial_state, episodes = collector.collect()
+        rollout = compute_advantages(rollout, config.ppo.gamma, config.ppo.gae_lambda)
+        metrics = update(policy, optimizer, rollout, initial_state, config)
+        global_step += config.steps_per_update
+
+        sps = int((global_step - start_step) / (time.perf_counter() - start_time))
+        writer.add_scalar("charts/learning_rate", lr, global_step)
+        writer.add_scalar("charts/SPS", sps, global_step)
+        for key in ("value_loss", "policy_loss", "entropy", "approx_kl", "old_approx_kl"):
+            writer.add_scalar(f"losses/{key}", metrics[key], global_step)
+        writer.add_scalar("losses/clipfrac", metrics["clipfrac"], global_step)
+        writer.add_scalar("losses/explained_variance", metrics["explained_variance"], global_step)
+        if episodes:
+            recent.extend(e["return"] for e in episodes)
+            writer.add_scalar(
+                "charts/episodic_return", np.mean([e["return"] for e in episodes]), global_step
+            )
+            writer.add_scalar(
+                "charts/episodic_length", np.mean([e["length"] for e in episodes]), global_step
+            )
+            known = [e["success"] for e in episodes if e["success"] is not None]
+            if known:
+                writer.add_scalar("charts/success_rate", np.mean(known), global_step)
+        bar.update(config.steps_per_update)
+        bar.set_postfix(SPS=sps, ret=f"{np.mean(recent):.3f}" if recent else "-")
+
+        last = update_idx == num_updates
+        if last or (config.checkpoint_every and update_idx % config.checkpoint_every == 0):
+            save_checkpoint(
+                checkpoint_path,
+                _checkpoint_payload(
+                    config, policy, optimizer, collector, envs, update_idx, global_step, recent
+                ),
+            )
+    bar.close()
+    envs.close()
+    if start_update >= num_updates:  # resumed a finished run: nothing was left to train
+        checkpoint_path = Path(resume)
+
+    final_eval: dict[str, Any] = {}
+    if config.eval_episodes > 0:
+        final_eval = evaluate_policy(policy, config, config.eval_episodes)
+        for key in ("return_mean", "return_std", "success_rate"):
+            writer.add_scalar(f"eval/{key}", final_eval[key], global_step)
+    writer.close()
+    return TrainResult(
+        config=config,
+        final_eval=final_eval,
+        checkpoint=checkpoint_path,
+        run_dir=run_dir,
+        global_step=global_step,
+        updates=num_updates,
+        recent_returns=list(recent),
+    )

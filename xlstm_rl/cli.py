@@ -1,0 +1,99 @@
+"""The ``xlstm-rl`` command: ``train`` and ``evaluate``.
+
+    xlstm-rl train [--config configs/default.yaml] [--resume CHECKPOINT] [--key value ...]
+    xlstm-rl evaluate CHECKPOINT [--episodes N] [--seed S] [--stochastic] [--json PATH]
+
+Overrides are dotted config keys: ``--ppo.lr 1e-3``, ``--env.kwargs.corridor_length 20``,
+``--core.name lstm``. An unknown key or a bad value stops with a message naming it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from xlstm_rl.agents.checkpoint import CheckpointError
+from xlstm_rl.config import ConfigError, parse_overrides
+
+
+def _train(args: argparse.Namespace, extra: list[str]) -> int:
+    from xlstm_rl.agents import train
+
+    overrides = parse_overrides(extra)
+    if args.config is None and args.resume is None:
+        default = Path("configs/default.yaml")
+        args.config = default if default.is_file() else None
+    result = train(args.config, resume=args.resume, overrides=overrides, progress=not args.quiet)
+    print(f"run: {result.run_dir}")
+    print(f"checkpoint: {result.checkpoint}")
+    if result.final_eval:
+        _print_eval(result.final_eval)
+    return 0
+
+
+def _print_eval(result: dict) -> None:
+    print(
+        f"eval over {result['episodes']} episodes (seeds from {result['first_seed']}): "
+        f"return {result['return_mean']:.3f} +- {result['return_std']:.3f}, "
+        f"success rate {result['success_rate']:.2f}, mean length {result['length_mean']:.1f}"
+    )
+
+
+def _evaluate(args: argparse.Namespace, extra: list[str]) -> int:
+    from xlstm_rl.agents import evaluate_checkpoint
+
+    if extra:
+        raise ConfigError(f"unexpected arguments for evaluate: {' '.join(extra)}")
+    result = evaluate_checkpoint(
+        args.checkpoint,
+        episodes=args.episodes,
+        seed=args.seed,
+        deterministic=not args.stochastic,
+        device=args.device,
+    )
+    _print_eval(result)
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="xlstm-rl", description=__doc__.split("\n")[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    train = commands.add_parser(
+        "train",
+        help="train an agent from a YAML config",
+        description="Train an agent. Further --key value pairs override config keys.",
+    )
+    train.add_argument("--config", type=Path, help="YAML config (default: configs/default.yaml)")
+    train.add_argument("--resume", type=Path, help="continue from this checkpoint")
+    train.add_argument("--quiet", action="store_true", help="no progress bar")
+    train.set_defaults(run=_train)
+
+    evaluate = commands.add_parser("evaluate", help="evaluate a checkpoint on held-out seeds")
+    evaluate.add_argument("checkpoint", type=Path)
+    evaluate.add_argument("--episodes", type=int, help="default: the run's eval_episodes")
+    evaluate.add_argument("--seed", type=int, help="base seed (default: the run's seed)")
+    evaluate.add_argument("--stochastic", action="store_true", help="sample actions, not the mode")
+    evaluate.add_argument("--device", default="cpu")
+    evaluate.add_argument("--json", type=Path, help="also write the results here")
+    evaluate.set_defaults(run=_evaluate)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    try:
+        return args.run(args, extra)
+    except (ValueError, FileNotFoundError, CheckpointError) as e:
+        # Bad configs, unknown env ids or core options, damaged checkpoints: one clear line.
+        parser.exit(2, f"xlstm-rl {args.command}: error: {e}\n")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

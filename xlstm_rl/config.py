@@ -1,0 +1,329 @@
+"""Training configuration: small nested dataclasses, loaded from YAML over the defaults.
+
+A config is a ``TrainConfig``; ``load_config`` builds one from a dataclass, a nested
+dict, or a YAML path, then applies ``--a.b value`` style overrides. Every section
+checks itself in ``__post_init__``. An unknown key or a value of the wrong type is a
+``ConfigError`` that names the key (and lists the valid ones), never a silent default.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+ALGOS = ("ppo", "a2c")
+
+
+class ConfigError(ValueError):
+    """A config key that does not exist, or a value it cannot take."""
+
+
+def _require(ok: bool, message: str) -> None:
+    if not ok:
+        raise ConfigError(message)
+
+
+@dataclass
+class EnvConfig:
+    """Which environment, how many copies, and the keyword arguments for ``make_env``."""
+
+    id: str = "xlstm_rl/TMaze-v0"
+    num_envs: int = 16
+    module: str | None = None  # imported first, so a user's own envs register
+    kwargs: dict = field(default_factory=dict)
+    asynchronous: bool | None = None  # None: make_vector_env decides (sync for cheap envs)
+
+    def __post_init__(self):
+        _require(bool(self.id), "env.id must be a non-empty gymnasium id")
+        _require(self.num_envs >= 1, f"env.num_envs must be >= 1, got {self.num_envs}")
+
+
+@dataclass
+class CoreConfig:
+    """The memory core: a name for ``build_core``, its width, and core-specific options."""
+
+    name: str = "mlstm"
+    hidden_size: int = 64
+    options: dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        from xlstm_rl.cores import CORES  # the registry, so register_core'd names count
+
+        _require(self.name in CORES, f"core.name must be one of {sorted(CORES)}, got {self.name!r}")
+        _require(self.hidden_size >= 1, f"core.hidden_size must be >= 1, got {self.hidden_size}")
+
+
+@dataclass
+class PolicyConfig:
+    """Encoder and inputs around the core.
+
+    ``embedding_size`` None encodes discrete observations one-hot; an int gives each
+    discrete component a learned embedding of that size. ``prev_action`` and
+    ``prev_reward`` feed the previous step's action and reward to the core (POPGym's
+    convention), zeroed at episode starts.
+    """
+
+    prev_action: bool = False
+    prev_reward: bool = False
+    encoder_size: int = 64
+    embedding_size: int | None = None
+    cnn_channels: int = 32
+
+    def __post_init__(self):
+        _require(
+            self.encoder_size >= 1, f"policy.encoder_size must be >= 1, got {self.encoder_size}"
+        )
+        _require(
+            self.embedding_size is None or self.embedding_size >= 1,
+            f"policy.embedding_size must be None or >= 1, got {self.embedding_size}",
+        )
+        _require(
+            self.cnn_channels >= 1, f"policy.cnn_channels must be >= 1, got {self.cnn_channels}"
+        )
+
+
+@dataclass
+class PPOConfig:
+    """Rollout and update hyperparameters, CleanRL's names.
+
+    A2C (``algo: a2c``) reads rollout_len, gamma, gae_lambda, ent_coef, vf_coef,
+    max_grad_norm, lr, anneal_lr, norm_adv and bptt_len; it makes one update over the
+    whole rollout, so epochs, num_minibatches, clip_coef, clip_vloss and target_kl do
+    not apply to it. Minibatches are sets of environments: ``num_envs`` must divide
+    by ``num_minibatches``.
+    """
+
+    rollout_len: int = 128
+    epochs: int = 4
+    num_minibatches: int = 4
+    bptt_len: int | None = None  # None: backpropagate through the whole rollout
+    gamma: float = 0.99
+    gae_lambda: float = 0.95
+    clip_coef: float = 0.2
+    clip_vloss: bool = True
+    ent_coef: float = 0.01
+    vf_coef: float = 0.5
+    max_grad_norm: float = 0.5
+    lr: float = 2.5e-4
+    anneal_lr: bool = True
+    target_kl: float | None = None
+    norm_adv: bool = True
+
+    def __post_init__(self):
+        _require(self.rollout_len >= 1, f"ppo.rollout_len must be >= 1, got {self.rollout_len}")
+        _require(self.epochs >= 1, f"ppo.epochs must be >= 1, got {self.epochs}")
+        _require(
+            self.num_minibatches >= 1,
+            f"ppo.num_minibatches must be >= 1, got {self.num_minibatches}",
+        )
+        _require(
+            self.bptt_len is None or self.bptt_len >= 1,
+            f"ppo.bptt_len must be None or >= 1, got {self.bptt_len}",
+        )
+        for name in ("gamma", "gae_lambda"):
+            value = getattr(self, name)
+            _require(0.0 <= value <= 1.0, f"ppo.{name} must be in [0, 1], got {value}")
+        for name in ("clip_coef", "ent_coef", "vf_coef", "max_grad_norm", "lr"):
+            value = getattr(self, name)
+            _require(value >= 0.0, f"ppo.{name} must be >= 0, got {value}")
+        _require(self.lr > 0.0, f"ppo.lr must be > 0, got {self.lr}")
+        _require(
+            self.target_kl is None or self.target_kl > 0,
+            f"ppo.target_kl must be None or > 0, got {self.target_kl}",
+        )
+
+
+@dataclass
+class TrainConfig:
+    """Everything one training run needs; see ``configs/*.yaml`` for examples."""
+
+    algo: str = "ppo"
+    env: EnvConfig = field(default_factory=EnvConfig)
+    core: CoreConfig = field(default_factory=CoreConfig)
+    policy: PolicyConfig = field(default_factory=PolicyConfig)
+    ppo: PPOConfig = field(default_factory=PPOConfig)
+    total_steps: int = 200_000
+    seed: int = 1
+    eval_episodes: int = 100
+    checkpoint_every: int = 50  # updates; 0 writes only the final checkpoint
+    log_dir: str = "runs"
+    name: str | None = None  # run directory under log_dir; None: derived from env, core, seed
+    device: str = "cpu"
+    torch_threads: int = 1  # torch.set_num_threads for the run; 0 keeps torch's default
+
+    def __post_init__(self):
+        _require(self.torch_threads >= 0, f"torch_threads must be >= 0, got {self.torch_threads}")
+        _require(self.algo in ALGOS, f"algo must be one of {ALGOS}, got {self.algo!r}")
+        _require(self.total_steps >= 1, f"total_steps must be >= 1, got {self.total_steps}")
+        _require(0 <= self.seed < 2**31, f"seed must be in [0, 2**31), got {self.seed}")
+        _require(self.eval_episodes >= 0, f"eval_episodes must be >= 0, got {self.eval_episodes}")
+        _require(
+            self.checkpoint_every >= 0,
+            f"checkpoint_every must be >= 0, got {self.checkpoint_every}",
+        )
+        _require(
+            self.device == "cpu"
+            or self.device.startswith(("cuda", "mps"))
+            or self.device == "auto",
+            f"device must be 'cpu', 'cuda[:N]', 'mps' or 'auto', got {self.device!r}",
+        )
+        if self.algo == "ppo":
+            _require(
+                self.env.num_envs % self.ppo.num_minibatches == 0,
+                f"env.num_envs ({self.env.num_envs}) must be divisible by "
+                f"ppo.num_minibatches ({self.ppo.num_minibatches}): minibatches are sets of envs",
+            )
+
+    @property
+    def steps_per_update(self) -> int:
+        return self.env.num_envs * self.ppo.rollout_len
+
+    @property
+    def num_updates(self) -> int:
+        return max(1, self.total_steps // self.steps_per_update)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def _hints(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def _coerce(key: str, value: Any, hint: Any) -> Any:
+    """``value`` as type ``hint`` (command-line strings are parsed); ConfigError if it is not."""
+    options = typing.get_args(hint) if isinstance(hint, types.UnionType) else (hint,)
+    if value is None or (isinstance(value, str) and value.lower() in ("none", "null", "~")):
+        _require(type(None) in options, f"{key} cannot be None")
+        return None
+    for option in options:
+        if option is bool:
+            if isinstance(value, bool):
+                return value
+            if isinstance(value, str) and value.lower() in ("true", "false", "yes", "no", "1", "0"):
+                return value.lower() in ("true", "yes", "1")
+        elif option is int:
+            if isinstance(value, int) and not isinstance(value, bool):
+                return value
+            if isinstance(value, float) and value.is_integer():  # 1e6 in YAML is a float
+                return int(value)
+            if isinstance(value, str):
+                try:
+                    number = float(value.replace("_", ""))
+                except ValueError:
+                    continue
+                if number.is_integer():
+                    return int(number)
+        elif option is float:
+            if isinstance(value, int | float) and not isinstance(value, bool):
+                return float(value)
+            if isinstance(value, str):
+                try:
+                    return float(value)
+                except ValueError:
+                    continue
+        elif option is str:
+            if isinstance(value, str):
+                return value
+        elif option is dict:
+            if isinstance(value, str):
+                value = yaml.safe_load(value)
+            if isinstance(value, dict):
+                return value
+    names = " or ".join("None" if o is type(None) else o.__name__ for o in options)
+    raise ConfigError(f"{key} must be {names}, got {value!r}")
+
+
+def from_dict(cls: type, data: dict[str, Any], prefix: str = "") -> Any:
+    """Build dataclass ``cls`` from a nested dict, checking every key and value."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"{prefix.rstrip('.') or 'config'} must be a mapping, got {data!r}")
+    hints = _hints(cls)
+    fields = [f.name for f in dataclasses.fields(cls)]
+    kwargs = {}
+    for key, value in data.items():
+        if key not in hints:
+            where = f"in {prefix.rstrip('.')}" if prefix else "at the top level"
+            raise ConfigError(
+                f"unknown config key {prefix + str(key)!r}; valid keys {where}: {', '.join(fields)}"
+            )
+        hint = hints[key]
+        if dataclasses.is_dataclass(hint):
+            kwargs[key] = from_dict(hint, value or {}, f"{prefix}{key}.")
+        else:
+            kwargs[key] = _coerce(prefix + key, value, hint)
+    return cls(**kwargs)
+
+
+def apply_overrides(
+    data: dict[str, Any], overrides: dict[str, Any], cls: type = None
+) -> dict[str, Any]:
+    """Set dotted keys (``ppo.lr``) in a nested dict; returns a new dict, ``data`` is untouched.
+
+    String values inside free-form dict fields (``env.kwargs.corridor_length``) are
+    parsed as YAML, since no dataclass field says their type.
+    """
+    data = dict(data)
+    for dotted, value in overrides.items():
+        *path, leaf = dotted.split(".")
+        node, section = data, cls or TrainConfig
+        for part in path:
+            hint = _hints(section).get(part) if section is not None else None
+            child = node.get(part)
+            child = {} if child is None else child
+            if not isinstance(child, dict):
+                raise ConfigError(f"cannot set {dotted!r}: {part!r} is not a section")
+            node[part] = node = dict(child)
+            section = hint if dataclasses.is_dataclass(hint) else None
+        if section is None and isinstance(value, str):
+            value = yaml.safe_load(value)
+        node[leaf] = value
+    return data
+
+
+def load_config(
+    config: TrainConfig | dict | str | os.PathLike | None = None,
+    overrides: dict[str, Any] | None = None,
+) -> TrainConfig:
+    """A TrainConfig from a dataclass, a nested dict or a YAML path, plus dotted overrides."""
+    if isinstance(config, TrainConfig):
+        data = config.to_dict()
+    elif isinstance(config, dict):
+        data = config
+    elif isinstance(config, str | os.PathLike):
+        path = Path(config)
+        if not path.is_file():
+            raise FileNotFoundError(f"config file not found: {path}")
+        data = yaml.safe_load(path.read_text()) or {}
+    elif config is None:
+        data = {}
+    else:
+        raise TypeError(
+            f"config must be a TrainConfig, dict or YAML path, got {type(config).__name__}"
+        )
+    return from_dict(TrainConfig, apply_overrides(data, overrides or {}))
+
+
+def parse_overrides(args: list[str]) -> dict[str, str]:
+    """``["--ppo.lr", "1e-3", "--seed=2"]`` -> ``{"ppo.lr": "1e-3", "seed": "2"}``."""
+    overrides, i = {}, 0
+    while i < len(args):
+        arg = args[i]
+        if not arg.startswith("--") or len(arg) == 2:
+            raise ConfigError(f"expected an override like --key value, got {arg!r}")
+        key, eq, value = arg[2:].partition("=")
+        if not eq:
+            if i + 1 >= len(args):
+                raise ConfigError(f"override --{key} needs a value")
+            value = args[i + 1]
+            i += 1
+        overrides[key.replace("-", "_")] = value
+        i += 1
+    return overrides
