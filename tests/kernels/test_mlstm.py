@@ -294,18 +294,16 @@ def test_float64_gradients_match_float64_reference_tightly(backend):
     assert_same_grads(grads, expected, TOLERANCES[torch.float64]["grad"])
 
 
-def test_initial_m_gets_the_gradient_of_its_true_units():
-    """The state (C, n, m) stands for (C e^m, n e^m), so dL/dm = <dL/dC, C> + <dL/dn, n>
-    (zero only where the state was reset before it was used). Every torch form
-    agrees; note the spec's "m's gradient is zero by construction" refers to the
-    stabilisers the op computes, which are detached."""
+def test_initial_m_carries_no_gradient():
+    """The spec: every input gets a gradient except m, whose gradient is zero by
+    construction (the stabiliser, incoming or computed, carries no gradient)."""
     inputs, (C, n, m), resets, weights = grad_problem(T=30, seed=40)
     for backend in MLSTM_TORCH_BACKENDS:
         C0, n0, m0 = (x.detach().clone().requires_grad_() for x in (C, n, m))
         h, final = run(backend, *inputs, resets=resets, state=(C0, n0, m0))
         scalar_loss(h, true_units(final), weights).backward()
-        implied = (C0.grad * C0).sum((-1, -2)) + (n0.grad * n0).sum(-1)
-        assert_close(m0.grad, implied.detach(), TOLERANCES[torch.float64]["grad"], backend)
+        assert m0.grad is None or not m0.grad.any(), f"{backend}: the initial m got a gradient"
+        assert C0.grad.abs().sum() > 0 and n0.grad.abs().sum() > 0, backend
         assert not final[2].requires_grad, f"{backend}: the output stabiliser carries gradient"
 
 

@@ -25,7 +25,8 @@ def check_shape(name: str, x: torch.Tensor, expected: tuple, names: str) -> None
     ok = x.dim() == len(expected) and all(e is None or e == s for e, s in zip(expected, x.shape))
     if not ok:
         want = ", ".join(
-            f"{n}={e}" if e is not None else n for n, e in zip(names.split(), expected)
+            f"{n}={e}" if e is not None and not n.isdigit() else n
+            for n, e in zip(names.split(), expected)
         )
         raise ValueError(f"{name} must have shape ({want}), got {tuple(x.shape)}")
 

@@ -50,6 +50,7 @@ def mlstm_sequence_chunkwise(
     if state is None:
         state = empty_state(B, H, Dk, Dv, q.device, dt)
     C_prev, n_prev, m_prev = (s.to(dt) for s in state)
+    m_prev = m_prev.detach()  # the stabiliser carries no gradient, the incoming one neither
     out_dtype = v.dtype
     q, k, v, i, f = (x.to(dt) for x in (q, k, v, i, f))
     q = q / math.sqrt(Dk)

@@ -60,6 +60,7 @@ def mlstm_sequence_parallel(
     if state is None:
         state = empty_state(B, H, Dk, Dv, q.device, dt)
     C0, n0, m0 = (s.to(dt) for s in state)
+    m0 = m0.detach()  # the stabiliser carries no gradient, the incoming one neither
     out_dtype = v.dtype
     q, k, v, i, f = (x.to(dt) for x in (q, k, v, i, f))
     q = q / math.sqrt(Dk)

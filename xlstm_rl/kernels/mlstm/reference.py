@@ -46,6 +46,7 @@ def mlstm_step_reference(
     state: State | None,
     *,
     reset: torch.Tensor | None = None,  # (B,) bool
+    out: tuple[torch.Tensor, State] | None = None,  # buffers to write (h, (C, n, m)) into
 ) -> tuple[torch.Tensor, State]:
     B, H, Dk = q.shape
     Dv = v.shape[-1]
@@ -53,6 +54,7 @@ def mlstm_step_reference(
     if state is None:
         state = empty_state(B, H, Dk, Dv, q.device, dt)
     C, n, m = apply_reset(tuple(s.to(dt) for s in state), reset)
+    m = m.detach()  # the stabiliser carries no gradient, the incoming one neither
     out_dtype = v.dtype
     q, k, v, i, f = (x.to(dt) for x in (q, k, v, i, f))
 
@@ -66,6 +68,10 @@ def mlstm_step_reference(
     num = torch.einsum("bhd,bhde->bhe", q_s, C)
     den = torch.maximum((q_s * n).sum(-1).abs(), torch.exp(-m_new))
     h = num / den[..., None]
+    if out is not None:  # the same keyword as the Triton step, which writes in place
+        for buffer, value in zip((out[0], *out[1]), (h, C, n, m_new)):
+            buffer.copy_(value)
+        return out
     return h.to(out_dtype), (C, n, m_new)
 
 
