@@ -1,0 +1,33 @@
+import pytest
+import torch
+
+from xlstm_rl.config import load_config
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    # Tests of tiny models run fastest, and most repeatably, on one thread.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def tiny_config(tmp_path, **overrides):
+    """A small, fast run on the active T-maze (both terminations and truncations)."""
+    data = {
+        "env": {
+            "id": "xlstm_rl/TMaze-v0",
+            "num_envs": 4,
+            "kwargs": {"corridor_length": 3, "passive": False, "max_steps": 6},
+        },
+        "core": {"name": "gru", "hidden_size": 16},
+        "policy": {"encoder_size": 16},
+        "ppo": {"rollout_len": 16, "num_minibatches": 2, "epochs": 2},
+        "total_steps": 4 * 16 * 4,
+        "eval_episodes": 4,
+        "checkpoint_every": 2,
+        "log_dir": str(tmp_path / "runs"),
+        "name": "test",
+    }
+    return load_config(data, overrides)

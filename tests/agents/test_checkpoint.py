@@ -1,0 +1,91 @@
+"""Checkpoints: exact resume, safe loading, clear errors on damaged files."""
+
+import dataclasses
+
+import pytest
+import torch
+
+from tests.agents.conftest import tiny_config
+from xlstm_rl.agents import checkpoint as ckpt
+from xlstm_rl.agents import train
+from xlstm_rl.agents.rollout import Collector
+
+
+class Interrupted(Exception):
+    pass
+
+
+@pytest.mark.parametrize("core", ["gru", "mlstm"])
+def test_resume_continues_exactly_as_the_uninterrupted_run(tmp_path, monkeypatch, core):
+    config = tiny_config(tmp_path, **{"core.name": core, "policy.prev_action": True})
+    assert config.num_updates == 4 and config.checkpoint_every == 2
+    full = train(dataclasses.replace(config, name="full"), progress=False)
+
+    collect, calls = Collector.collect, []
+
+    def collect_until_the_third_update(self):
+        calls.append(1)
+        if len(calls) == 3:  # after the checkpoint at update 2
+            raise Interrupted
+        return collect(self)
+
+    monkeypatch.setattr(Collector, "collect", collect_until_the_third_update)
+    with pytest.raises(Interrupted):
+        train(dataclasses.replace(config, name="cut"), progress=False)
+    monkeypatch.undo()
+    saved = ckpt.load_checkpoint(tmp_path / "runs" / "cut" / "checkpoint.pt")
+    assert saved["update"] == 2
+
+    resumed = train(resume=tmp_path / "runs" / "cut" / "checkpoint.pt", progress=False)
+    a, b = ckpt.load_checkpoint(full.checkpoint), ckpt.load_checkpoint(resumed.checkpoint)
+    assert a["update"] == b["update"] == 4 and a["global_step"] == b["global_step"]
+    for key in a["model"]:
+        assert torch.equal(a["model"][key], b["model"][key]), key
+    for key, state in a["optimizer"]["state"].items():
+        assert torch.equal(state["exp_avg"], b["optimizer"]["state"][key]["exp_avg"])
+    assert torch.equal(a["rng"]["torch"], b["rng"]["torch"])
+    assert full.final_eval == resumed.final_eval
+    assert full.recent_returns == resumed.recent_returns
+
+
+def test_checkpoint_is_plain_data_written_atomically(tmp_path):
+    config = tiny_config(tmp_path, total_steps=4 * 16 * 2)
+    result = train(config, progress=False)
+    torch.load(result.checkpoint, weights_only=True)  # no pickled objects inside
+    leftovers = [p for p in result.run_dir.iterdir() if p.name.endswith(".tmp")]
+    assert leftovers == []
+
+
+def test_damaged_checkpoints_give_clear_errors(tmp_path):
+    config = tiny_config(tmp_path, total_steps=4 * 16 * 2)
+    path = train(config, progress=False).checkpoint
+    data = path.read_bytes()
+
+    truncated = tmp_path / "truncated.pt"
+    truncated.write_bytes(data[: len(data) // 2])
+    with pytest.raises(ckpt.CheckpointError, match="truncated, corrupt"):
+        ckpt.load_checkpoint(truncated)
+
+    garbage = tmp_path / "garbage.pt"
+    garbage.write_bytes(b"not a checkpoint at all")
+    with pytest.raises(ckpt.CheckpointError, match="garbage.pt"):
+        ckpt.load_checkpoint(garbage)
+
+    other = tmp_path / "other.pt"
+    torch.save({"weights": torch.zeros(2)}, other)
+    with pytest.raises(ckpt.CheckpointError, match="not an xlstm-rl checkpoint"):
+        ckpt.load_checkpoint(other)
+
+    with pytest.raises(FileNotFoundError):
+        ckpt.load_checkpoint(tmp_path / "missing.pt")
+
+
+class Payload:
+    """An arbitrary object: safe loading must refuse to unpickle it."""
+
+
+def test_arbitrary_pickles_are_refused(tmp_path):
+    path = tmp_path / "pickled.pt"
+    torch.save({"format": ckpt.FORMAT, "version": ckpt.VERSION, "x": Payload()}, path)
+    with pytest.raises(ckpt.CheckpointError):
+        ckpt.load_checkpoint(path)
