@@ -120,7 +120,7 @@ class ActionHead(nn.Module):
 
     def to_env(self, action: torch.Tensor) -> np.ndarray:
         """A batch of stored actions (B, ...) as the vector env expects them."""
-        action = action.cpu().numpy()
+        action = action.detach().cpu().numpy()
         if isinstance(self.space, spaces.Discrete):
             return action + self.space.start
         if isinstance(self.space, spaces.MultiDiscrete):
