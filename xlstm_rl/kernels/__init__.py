@@ -110,3 +110,4 @@ __all__ = [
     "slstm_step",
     "slstm_step_reference",
 ]
+from xlstm_rl.kernels import triton_backends  # noqa: E402,F401  (registers "triton")
