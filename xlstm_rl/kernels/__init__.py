@@ -44,12 +44,19 @@ def mlstm_sequence(q, k, v, i, f, *, resets=None, state=None, backend="auto", ch
     return fn(q, k, v, i, f, resets=resets, state=state, chunk_size=chunk_size)
 
 
-def mlstm_step(q, k, v, i, f, state, *, reset=None, backend="auto"):
-    """One recurrent mLSTM step. Returns h (B, H, Dv) and the new state (C, n, m)."""
+def mlstm_step(q, k, v, i, f, state, *, reset=None, backend="auto", out=None):
+    """One recurrent mLSTM step. Returns h (B, H, Dv) and the new state (C, n, m).
+
+    `out=(h, (C, n, m))` writes into preallocated buffers (they may be `state` itself),
+    so an acting loop allocates nothing and can be captured in a CUDA graph."""
     B, H, _, Dk, Dv = validate.check_mlstm_inputs(q, k, v, i, f, time_axis=False)
     validate.check_mask("reset", reset, (B,), "B")
     validate.check_mlstm_state(state, B, H, Dk, Dv)
-    return resolve("mlstm_step", backend, q)(q, k, v, i, f, state, reset=reset)
+    if out is not None:
+        h_out, state_out = out
+        validate.check_shape("out h", h_out, (B, H, Dv), "B H Dv")
+        validate.check_mlstm_state(state_out, B, H, Dk, Dv)
+    return resolve("mlstm_step", backend, q)(q, k, v, i, f, state, reset=reset, out=out)
 
 
 def _check_slstm(g: torch.Tensor, R: torch.Tensor, time_axis: bool) -> tuple[int, ...]:

@@ -36,6 +36,7 @@ def slstm_step_reference(
     if state is None:
         state = slstm_empty_state(B, H, Dh, g.device, dt)
     c, n, m, h = (s.to(dt) for s in state)
+    m = m.detach()  # the stabiliser carries no gradient, the incoming one neither
     if reset is not None:
         keep = (~reset).to(dt)[:, None, None]
         c, n, m, h = c * keep, n * keep, m * keep, h * keep

@@ -254,6 +254,7 @@ class _SLSTMSequence(torch.autograd.Function):
         if r is not None:
             h_prev = h_prev.masked_fill(r[:, :, None, None], 0.0)
         dR = torch.einsum("bthd,bthge->hdge", h_prev, dg)
+        grads0[2] = None  # the incoming stabiliser m carries no gradient (the spec)
         return dg.to(g.dtype), dR.to(R.dtype), None, *grads0
 
 
