@@ -92,6 +92,22 @@ def _checkpoint_payload(
     }
 
 
+def _log(writer, global_step, lr, sps, metrics, episodes) -> None:
+    """One update's scalars, under CleanRL's names; episode stats are means over the update."""
+    writer.add_scalar("charts/learning_rate", lr, global_step)
+    writer.add_scalar("charts/SPS", sps, global_step)
+    for key in ("value_loss", "policy_loss", "entropy", "approx_kl", "old_approx_kl", "clipfrac"):
+        writer.add_scalar(f"losses/{key}", metrics[key], global_step)
+    writer.add_scalar("losses/explained_variance", metrics["explained_variance"], global_step)
+    if episodes:
+        returns, lengths = [e["return"] for e in episodes], [e["length"] for e in episodes]
+        writer.add_scalar("charts/episodic_return", np.mean(returns), global_step)
+        writer.add_scalar("charts/episodic_length", np.mean(lengths), global_step)
+        known = [e["success"] for e in episodes if e["success"] is not None]
+        if known:
+            writer.add_scalar("charts/success_rate", np.mean(known), global_step)
+
+
 def _resume(payload, policy, optimizer, collector, envs, device) -> None:
     policy.load_state_dict(payload["model"])
     optimizer.load_state_dict(payload["optimizer"])
@@ -173,49 +189,34 @@ def train(
         dynamic_ncols=True,
     )
     start_time, start_step = time.perf_counter(), global_step
-    for update_idx in range(start_update + 1, num_updates + 1):
-        lr = config.ppo.lr
-        if config.ppo.anneal_lr:
-            lr *= 1.0 - (update_idx - 1.0) / num_updates
-        for group in optimizer.param_groups:
-            group["lr"] = lr
+    try:
+        for update_idx in range(start_update + 1, num_updates + 1):
+            lr = config.ppo.lr
+            if config.ppo.anneal_lr:
+                lr *= 1.0 - (update_idx - 1.0) / num_updates
+            for group in optimizer.param_groups:
+                group["lr"] = lr
 
-        rollout, initial_state, episodes = collector.collect()
-        rollout = compute_advantages(rollout, config.ppo.gamma, config.ppo.gae_lambda)
-        metrics = update(policy, optimizer, rollout, initial_state, config)
-        global_step += config.steps_per_update
+            rollout, initial_state, episodes = collector.collect()
+            rollout = compute_advantages(rollout, config.ppo.gamma, config.ppo.gae_lambda)
+            metrics = update(policy, optimizer, rollout, initial_state, config)
+            global_step += config.steps_per_update
 
-        sps = int((global_step - start_step) / (time.perf_counter() - start_time))
-        writer.add_scalar("charts/learning_rate", lr, global_step)
-        writer.add_scalar("charts/SPS", sps, global_step)
-        for key in ("value_loss", "policy_loss", "entropy", "approx_kl", "old_approx_kl"):
-            writer.add_scalar(f"losses/{key}", metrics[key], global_step)
-        writer.add_scalar("losses/clipfrac", metrics["clipfrac"], global_step)
-        writer.add_scalar("losses/explained_variance", metrics["explained_variance"], global_step)
-        if episodes:
+            sps = int((global_step - start_step) / (time.perf_counter() - start_time))
             recent.extend(e["return"] for e in episodes)
-            writer.add_scalar(
-                "charts/episodic_return", np.mean([e["return"] for e in episodes]), global_step
-            )
-            writer.add_scalar(
-                "charts/episodic_length", np.mean([e["length"] for e in episodes]), global_step
-            )
-            known = [e["success"] for e in episodes if e["success"] is not None]
-            if known:
-                writer.add_scalar("charts/success_rate", np.mean(known), global_step)
-        bar.update(config.steps_per_update)
-        bar.set_postfix(SPS=sps, ret=f"{np.mean(recent):.3f}" if recent else "-")
+            _log(writer, global_step, lr, sps, metrics, episodes)
+            bar.update(config.steps_per_update)
+            bar.set_postfix(SPS=sps, ret=f"{np.mean(recent):.3f}" if recent else "-")
 
-        last = update_idx == num_updates
-        if last or (config.checkpoint_every and update_idx % config.checkpoint_every == 0):
-            save_checkpoint(
-                checkpoint_path,
-                _checkpoint_payload(
+            last = update_idx == num_updates
+            if last or (config.checkpoint_every and update_idx % config.checkpoint_every == 0):
+                snapshot = _checkpoint_payload(
                     config, policy, optimizer, collector, envs, update_idx, global_step, recent
-                ),
-            )
-    bar.close()
-    envs.close()
+                )
+                save_checkpoint(checkpoint_path, snapshot)
+    finally:
+        bar.close()
+        envs.close()
     if start_update >= num_updates:  # resumed a finished run: nothing was left to train
         checkpoint_path = Path(resume)
 
