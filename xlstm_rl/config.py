@@ -67,7 +67,9 @@ class PolicyConfig:
     ``embedding_size`` None encodes discrete observations one-hot; an int gives each
     discrete component a learned embedding of that size. ``prev_action`` and
     ``prev_reward`` feed the previous step's action and reward to the core (POPGym's
-    convention), zeroed at episode starts.
+    convention), zeroed at episode starts. The actor and the critic each read the
+    core's output through ``head_layers`` tanh layers of ``head_hidden`` units
+    (0 layers: linear heads).
     """
 
     prev_action: bool = False
@@ -75,6 +77,8 @@ class PolicyConfig:
     encoder_size: int = 64
     embedding_size: int | None = None
     cnn_channels: int = 32
+    head_hidden: int = 64
+    head_layers: int = 2
 
     def __post_init__(self):
         _require(

@@ -69,6 +69,15 @@ def _layer(linear: nn.Linear, std: float) -> nn.Linear:
     return linear
 
 
+def _trunk(in_size: int, width: int, layers: int) -> nn.Module:
+    """``layers`` tanh layers of ``width`` between the core and a head (CleanRL's 64-64)."""
+    modules = []
+    for _ in range(layers):
+        modules += [_layer(nn.Linear(in_size, width), 2**0.5), nn.Tanh()]
+        in_size = width
+    return nn.Sequential(*modules)
+
+
 class ActionHead(nn.Module):
     """Action distribution for a Discrete, MultiDiscrete or Box action space.
 
@@ -169,8 +178,11 @@ class Policy(nn.Module):
             in_size += 1
         self.project = nn.Sequential(nn.Linear(in_size, config.encoder_size), nn.ReLU())
         self.core = build_core(core.name, config.encoder_size, core.hidden_size, **core.options)
-        self.actor = ActionHead(action_space, self.core.output_size)
-        self.critic = _layer(nn.Linear(self.core.output_size, 1), 1.0)
+        self.actor_trunk = _trunk(self.core.output_size, config.head_hidden, config.head_layers)
+        self.critic_trunk = _trunk(self.core.output_size, config.head_hidden, config.head_layers)
+        head_size = config.head_hidden if config.head_layers else self.core.output_size
+        self.actor = ActionHead(action_space, head_size)
+        self.critic = _layer(nn.Linear(head_size, 1), 1.0)
 
     def initial_state(self, batch_size: int, device=None) -> TensorDict:
         return self.core.initial_state(batch_size, device=device)
@@ -187,9 +199,13 @@ class Policy(nn.Module):
     def step(self, inputs: TensorDict, state: TensorDict, reset: torch.Tensor):
         """One step for B envs: returns (action distribution, value (B,), new state)."""
         h, state = self.core.step(self._inputs(inputs, reset), state, reset=reset)
-        return self.actor(h), self.critic(h).squeeze(-1), state
+        return self._heads(h, state)
 
     def forward(self, inputs: TensorDict, state: TensorDict, resets: torch.Tensor):
         """A (B, T) sequence from ``state``: returns (distribution, values (B, T), final state)."""
         h, state = self.core(self._inputs(inputs, resets), state, resets=resets)
-        return self.actor(h), self.critic(h).squeeze(-1), state
+        return self._heads(h, state)
+
+    def _heads(self, h: torch.Tensor, state: TensorDict):
+        value = self.critic(self.critic_trunk(h)).squeeze(-1)
+        return self.actor(self.actor_trunk(h)), value, state
