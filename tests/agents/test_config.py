@@ -7,6 +7,7 @@ import pytest
 
 from tests.agents.conftest import tiny_config
 from xlstm_rl.agents import train
+from xlstm_rl.agents.checkpoint import load_checkpoint
 from xlstm_rl.cli import main
 from xlstm_rl.config import ConfigError, TrainConfig, load_config, parse_overrides
 
@@ -98,3 +99,7 @@ def test_cli_train_then_evaluate(tmp_path, capsys):
     result = json.loads(out.read_text())
     assert result["episodes"] == 5 and {"return_mean", "return_std", "success_rate"} <= set(result)
     assert result["first_seed"] >= 1_000_000  # held out from the training seeds
+
+    # Resuming a finished run with a larger budget trains on from where it stopped.
+    assert main(["train", "--resume", str(checkpoint), "--quiet", "--total_steps", "192"]) == 0
+    assert load_checkpoint(checkpoint)["update"] == 3
