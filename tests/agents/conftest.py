@@ -1,7 +1,11 @@
 import pytest
 import torch
 
+from xlstm_rl.agents.checkpoint import record_episodes
+from xlstm_rl.agents.policy import Policy
+from xlstm_rl.agents.rollout import Collector
 from xlstm_rl.config import load_config
+from xlstm_rl.envs import make_vector_env
 
 
 @pytest.fixture(autouse=True)
@@ -31,3 +35,15 @@ def tiny_config(tmp_path, **overrides):
         "name": "test",
     }
     return load_config(data, overrides)
+
+
+def make_collector(config, rollout_len=24):
+    torch.manual_seed(config.seed)
+    envs = make_vector_env(
+        config.env.id, config.env.num_envs, seed=config.seed, **config.env.kwargs
+    )
+    record_episodes(envs)
+    policy = Policy(
+        envs.single_observation_space, envs.single_action_space, config.core, config.policy
+    )
+    return Collector(envs, policy, rollout_len, torch.device("cpu")), policy

@@ -6,11 +6,11 @@ import torch
 from gymnasium import spaces
 from tensordict import TensorDict
 
-from tests.agents.conftest import tiny_config
+from tests.agents.conftest import make_collector, tiny_config
 from xlstm_rl.agents import train
 from xlstm_rl.agents.encoders import build_encoder
 from xlstm_rl.agents.policy import Policy
-from xlstm_rl.agents.ppo import chunk_states, loss_terms, schedule
+from xlstm_rl.agents.ppo import chunk_states, loss_terms, schedule, update
 from xlstm_rl.agents.rollout import compute_advantages
 from xlstm_rl.config import CoreConfig, PolicyConfig
 
@@ -80,8 +80,6 @@ def test_heads_sample_score_and_map_to_env_actions(action_space):
 
 
 def test_bptt_chunks_carry_the_state_from_the_rollout_start(tmp_path):
-    from tests.agents.test_rollout import make_collector
-
     config = tiny_config(tmp_path, **{"core.name": "mlstm"})
     collector, policy = make_collector(config, rollout_len=20)
     collector.collect()
@@ -121,3 +119,13 @@ def test_trains_on_each_kind_of_env(tmp_path, env_id, kwargs):
     )
     result = train(config, progress=False)
     assert np.isfinite(result.final_eval["return_mean"])
+
+
+def test_target_kl_stops_after_the_epoch_that_crossed_it(tmp_path):
+    config = tiny_config(tmp_path, **{"ppo.target_kl": 1e-12, "ppo.epochs": 4})
+    collector, policy = make_collector(config, rollout_len=16)
+    rollout, state, _ = collector.collect()
+    rollout = compute_advantages(rollout, 0.99, 0.95)
+    optimizer = torch.optim.Adam(policy.parameters(), lr=1e-3)
+    metrics = update(policy, optimizer, rollout, state, config)
+    assert metrics["optimizer_steps"] == config.ppo.num_minibatches  # one epoch, not four

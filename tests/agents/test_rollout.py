@@ -7,23 +7,8 @@ import torch
 from gymnasium import spaces
 from tensordict import TensorDict
 
-from tests.agents.conftest import tiny_config
-from xlstm_rl.agents.checkpoint import record_episodes
-from xlstm_rl.agents.policy import Policy
-from xlstm_rl.agents.rollout import INPUT_KEYS, Collector, compute_advantages
-from xlstm_rl.envs import make_vector_env
-
-
-def make_collector(config, rollout_len=24):
-    torch.manual_seed(config.seed)
-    envs = make_vector_env(
-        config.env.id, config.env.num_envs, seed=config.seed, **config.env.kwargs
-    )
-    record_episodes(envs)
-    policy = Policy(
-        envs.single_observation_space, envs.single_action_space, config.core, config.policy
-    )
-    return Collector(envs, policy, rollout_len, torch.device("cpu")), policy
+from tests.agents.conftest import make_collector, tiny_config
+from xlstm_rl.agents.rollout import INPUT_KEYS, compute_advantages
 
 
 @pytest.mark.parametrize("core", ["gru", "lstm", "mlstm", "slstm", "mlp"])
