@@ -2,8 +2,9 @@
 
 A config is a ``TrainConfig``; ``load_config`` builds one from a dataclass, a nested
 dict, or a YAML path, then applies ``--a.b value`` style overrides. Every section
-checks itself in ``__post_init__``. An unknown key or a value of the wrong type is a
-``ConfigError`` that names the key (and lists the valid ones), never a silent default.
+checks itself in ``__post_init__``, types first, then values. An unknown key or a
+value of the wrong type is a ``ConfigError`` that names the key (and lists the valid
+ones), never a silent default.
 """
 
 from __future__ import annotations
@@ -30,6 +31,19 @@ def _require(ok: bool, message: str) -> None:
         raise ConfigError(message)
 
 
+def _check_types(section: Any, name: str) -> None:
+    """Coerce each field to its annotated type (ConfigError naming it if impossible);
+    nested sections given as dicts are built from them."""
+    prefix = f"{name}." if name else ""
+    for key, hint in typing.get_type_hints(type(section)).items():
+        value = getattr(section, key)
+        if dataclasses.is_dataclass(hint):
+            if not isinstance(value, hint):
+                setattr(section, key, from_dict(hint, value, f"{prefix}{key}."))
+        else:
+            setattr(section, key, _coerce(prefix + key, value, hint))
+
+
 @dataclass
 class EnvConfig:
     """Which environment, how many copies, and the keyword arguments for ``make_env``."""
@@ -41,6 +55,7 @@ class EnvConfig:
     asynchronous: bool | None = None  # None: make_vector_env decides (sync for cheap envs)
 
     def __post_init__(self):
+        _check_types(self, "env")
         _require(bool(self.id), "env.id must be a non-empty gymnasium id")
         _require(self.num_envs >= 1, f"env.num_envs must be >= 1, got {self.num_envs}")
 
@@ -54,6 +69,7 @@ class CoreConfig:
     options: dict = field(default_factory=dict)
 
     def __post_init__(self):
+        _check_types(self, "core")
         from xlstm_rl.cores import CORES  # the registry, so register_core'd names count
 
         _require(self.name in CORES, f"core.name must be one of {sorted(CORES)}, got {self.name!r}")
@@ -81,6 +97,7 @@ class PolicyConfig:
     head_layers: int = 2
 
     def __post_init__(self):
+        _check_types(self, "policy")
         _require(
             self.encoder_size >= 1, f"policy.encoder_size must be >= 1, got {self.encoder_size}"
         )
@@ -121,6 +138,7 @@ class PPOConfig:
     norm_adv: bool = True
 
     def __post_init__(self):
+        _check_types(self, "ppo")
         _require(self.rollout_len >= 1, f"ppo.rollout_len must be >= 1, got {self.rollout_len}")
         _require(self.epochs >= 1, f"ppo.epochs must be >= 1, got {self.epochs}")
         _require(
@@ -163,6 +181,7 @@ class TrainConfig:
     torch_threads: int = 1  # torch.set_num_threads for the run; 0 keeps torch's default
 
     def __post_init__(self):
+        _check_types(self, "")
         _require(self.torch_threads >= 0, f"torch_threads must be >= 0, got {self.torch_threads}")
         _require(self.algo in ALGOS, f"algo must be one of {ALGOS}, got {self.algo!r}")
         _require(self.total_steps >= 1, f"total_steps must be >= 1, got {self.total_steps}")
@@ -238,7 +257,10 @@ def _coerce(key: str, value: Any, hint: Any) -> Any:
                 return value
         elif option is dict:
             if isinstance(value, str):
-                value = yaml.safe_load(value)
+                try:
+                    value = yaml.safe_load(value)
+                except yaml.YAMLError:
+                    continue
             if isinstance(value, dict):
                 return value
     names = " or ".join("None" if o is type(None) else o.__name__ for o in options)
@@ -260,9 +282,9 @@ def from_dict(cls: type, data: dict[str, Any], prefix: str = "") -> Any:
             )
         hint = hints[key]
         if dataclasses.is_dataclass(hint):
-            kwargs[key] = from_dict(hint, value or {}, f"{prefix}{key}.")
+            kwargs[key] = from_dict(hint, {} if value is None else value, f"{prefix}{key}.")
         else:
-            kwargs[key] = _coerce(prefix + key, value, hint)
+            kwargs[key] = value  # checked and coerced by the section's __post_init__
     return cls(**kwargs)
 
 
