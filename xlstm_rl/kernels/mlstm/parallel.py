@@ -16,15 +16,35 @@ import torch.nn.functional as F
 
 from xlstm_rl.kernels.mlstm.reference import State, compute_dtype, empty_state
 
+_SELECTORS: dict = {}
+_SELECTOR_MAX_T = 64  # the selector holds T^3 entries: 1 MiB at T = 64
+
+
+def _selector(T: int, dtype: torch.dtype, device) -> torch.Tensor:
+    """(T, T * T) 0/1 matrix: entry (r, t * T + s) is 1 when s < r <= t."""
+    key = (T, dtype, device)
+    if key not in _SELECTORS:
+        r = torch.arange(T, device=device)
+        inside = (r[None, None, :] < r[:, None, None]) & (r[:, None, None] <= r[None, :, None])
+        _SELECTORS[key] = inside.to(dtype).reshape(T, T * T)
+    return _SELECTORS[key]
+
 
 def segment_log_decay(log_f: torch.Tensor) -> torch.Tensor:
-    """F[..., t, s] = sum_{r in (s, t]} log_f[..., r] for s <= t, -inf above the diagonal."""
+    """F[..., t, s] = sum_{r in (s, t]} log_f[..., r] for s <= t, -inf above the diagonal.
+
+    Each entry is a sum of exactly its own terms (never a difference of prefix sums):
+    for short sequences (chunks) one matmul with a 0/1 selector, else a masked cumsum.
+    """
     T = log_f.shape[-1]
-    strictly_lower = torch.ones(T, T, dtype=torch.bool, device=log_f.device).tril(-1)
-    # rows are r, columns s: term r counts for pair (t, s) when s < r <= t
-    terms = log_f[..., :, None].expand(*log_f.shape, T).masked_fill(~strictly_lower, 0.0)
-    decay = terms.cumsum(dim=-2)  # (..., t, s)
     causal = torch.ones(T, T, dtype=torch.bool, device=log_f.device).tril()
+    if T <= _SELECTOR_MAX_T:
+        decay = (log_f @ _selector(T, log_f.dtype, log_f.device)).unflatten(-1, (T, T))
+    else:
+        strictly_lower = causal.tril(-1)
+        # rows are r, columns s: term r counts for pair (t, s) when s < r <= t
+        terms = log_f[..., :, None].expand(*log_f.shape, T).masked_fill(~strictly_lower, 0.0)
+        decay = terms.cumsum(dim=-2)  # (..., t, s)
     return decay.masked_fill(~causal, float("-inf"))
 
 
