@@ -26,6 +26,8 @@ def _train(args: argparse.Namespace, extra: list[str]) -> int:
         default = Path("configs/default.yaml")
         args.config = default if default.is_file() else None
     result = train(args.config, resume=args.resume, overrides=overrides, progress=not args.quiet)
+    if result.rank > 0:  # under torchrun, rank 0 reports for all
+        return 0
     print(f"run: {result.run_dir}")
     print(f"checkpoint: {result.checkpoint}")
     if result.final_eval:

@@ -19,6 +19,7 @@ import torch
 from tensordict import TensorDict
 from torch import nn
 
+from xlstm_rl.agents import distributed
 from xlstm_rl.agents.policy import Policy
 from xlstm_rl.agents.rollout import INPUT_KEYS
 from xlstm_rl.config import TrainConfig
@@ -110,7 +111,9 @@ def update(
             optimizer.zero_grad()
             step_stats: dict[str, torch.Tensor] = defaultdict(float)
             for chunk, chunk_state in chunk_states(policy, sequences, state, ppo.bptt_len):
-                loss, stats = loss_terms(policy, sequences[:, chunk], chunk_state, config)
+                # Under DDP the forward decides: only the last chunk's backward all-reduces.
+                with distributed.accumulate_locally(policy, skip_sync=chunk.stop < T):
+                    loss, stats = loss_terms(policy, sequences[:, chunk], chunk_state, config)
                 weight = (chunk.stop - chunk.start) / T  # chunk means add up to the sequence mean
                 (loss * weight).backward()
                 for key, value in stats.items():
@@ -120,6 +123,7 @@ def update(
             history.append(step_stats)
         if config.algo == "ppo" and ppo.target_kl is not None:
             epoch_kl = torch.stack([h["approx_kl"] for h in history[-num_minibatches:]]).mean()
+            epoch_kl = distributed.mean_over_ranks(epoch_kl)  # every rank stops at the same epoch
             if epoch_kl > ppo.target_kl:
                 break
 

@@ -4,6 +4,10 @@ One loop serves PPO and A2C (``config.algo``): they share the collector, the pol
 and the logging, and differ only in ``ppo.update``'s schedule and loss. TensorBoard
 logs go to ``<log_dir>/<name>`` under CleanRL's metric names; the latest checkpoint
 is ``<log_dir>/<name>/checkpoint.pt``.
+
+Under ``torchrun`` the same loop runs data-parallel, one process per GPU or CPU
+worker; see ``distributed`` for how seeds, gradients, metrics and checkpoints are
+shared out. ``total_steps`` and the logged step counts are global (summed over ranks).
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ from tensordict import TensorDict
 from torch.utils.tensorboard import SummaryWriter
 from tqdm.auto import tqdm
 
+from xlstm_rl.agents import distributed
 from xlstm_rl.agents.checkpoint import (
     env_snapshot,
     load_checkpoint,
@@ -52,6 +57,8 @@ class TrainResult:
     global_step: int
     updates: int
     recent_returns: list[float]
+    rank: int = 0  # under torchrun: this process's rank (rank 0 logs, checkpoints, evaluates)
+    world_size: int = 1
 
 
 def resolve_device(name: str) -> torch.device:
@@ -75,19 +82,27 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def _checkpoint_payload(
-    config, policy, optimizer, collector, envs, update_idx, global_step, recent
-):
+def _rank_state(collector, envs) -> dict[str, Any]:
+    """What each rank has of its own: RNG streams, the collector's carry and core state, envs."""
+    return {
+        "rng": rng_states(),
+        "carry": collector.carry.cpu().to_dict(),
+        "state": collector.state.cpu().to_dict(),
+        "envs": env_snapshot(envs),
+    }
+
+
+def _checkpoint_payload(config, policy, optimizer, ranks, update_idx, global_step, recent):
+    """Rank 0's own state at the top level (as a one-process run has it); other ranks' in a list."""
     return {
         "config": config.to_dict(),
         "model": policy.state_dict(),
         "optimizer": optimizer.state_dict(),
         "update": update_idx,
         "global_step": global_step,
-        "rng": rng_states(),
-        "carry": collector.carry.to_dict(),
-        "state": collector.state.to_dict(),
-        "envs": env_snapshot(envs),
+        **ranks[0],
+        "world_size": len(ranks),
+        "other_ranks": ranks[1:],
         "recent_returns": list(recent),
     }
 
@@ -108,20 +123,21 @@ def _log(writer, global_step, lr, sps, metrics, episodes) -> None:
             writer.add_scalar("charts/success_rate", np.mean(known), global_step)
 
 
-def _resume(payload, policy, optimizer, collector, envs, device) -> None:
+def _resume(payload, policy, optimizer, collector, envs, device, rank) -> None:
     policy.load_state_dict(payload["model"])
     optimizer.load_state_dict(payload["optimizer"])
-    if restore_envs(envs, payload["envs"]):
+    own = payload if rank == 0 else payload["other_ranks"][rank - 1]
+    if restore_envs(envs, own["envs"]):
         num_envs = collector.carry.batch_size
-        collector.carry = TensorDict(payload["carry"], batch_size=num_envs, device=device)
-        collector.state = TensorDict(payload["state"], batch_size=num_envs, device=device)
+        collector.carry = TensorDict(own["carry"], batch_size=num_envs, device=device)
+        collector.state = TensorDict(own["state"], batch_size=num_envs, device=device)
     else:
         warnings.warn(
             "the environments' state could not be restored (asynchronous envs, or a checkpoint "
             "without it): training resumes from fresh episodes, not exactly where it stopped",
             stacklevel=3,
         )
-    set_rng_states(payload["rng"])
+    set_rng_states(own["rng"])
 
 
 def train(
@@ -138,6 +154,9 @@ def train(
     checkpoint with the config stored in it (plus ``overrides``; leave ``config``
     None): same parameters, optimiser, RNG streams, environments and recurrent
     states, so it carries on exactly as the uninterrupted run would have.
+
+    Under ``torchrun`` every rank calls ``train`` and trains data-parallel (see
+    ``distributed``); a resume needs the number of processes that wrote the checkpoint.
     """
     payload = None
     if resume is not None:
@@ -146,19 +165,29 @@ def train(
         payload = load_checkpoint(resume)
         config = payload["config"]
     config = load_config(config, overrides)
-    if config.name is None:
-        config = dataclasses.replace(config, name=run_name(config))
-    device = resolve_device(config.device)
-    run_dir = Path(config.log_dir) / config.name
+    with distributed.process_group(resolve_device(config.device)) as (world, device):
+        if config.name is None:  # rank 0's clock names the run for everyone
+            config = dataclasses.replace(
+                config, name=distributed.broadcast_from_main(run_name(config))
+            )
+        if payload is not None and payload.get("world_size", 1) != world.size:
+            raise ValueError(
+                f"{resume} was written by {payload.get('world_size', 1)} process(es), this run has "
+                f"{world.size}: resume with the same number, as each rank restores its own envs"
+            )
+        return _train(config, payload, resume, world, device, progress)
 
+
+def _train(config, payload, resume, world, device, progress) -> TrainResult:
+    run_dir = Path(config.log_dir) / config.name
     if config.torch_threads:
         # Small recurrent models step fastest on one thread; more threads mostly contend.
         torch.set_num_threads(config.torch_threads)
-    seed_everything(config.seed)
+    seed_everything(distributed.rank_seed(config.seed, world.rank))
     envs = make_vector_env(
         config.env.id,
         config.env.num_envs,
-        seed=config.seed,
+        seed=distributed.env_seed(config.seed, world.rank, config.env.num_envs),
         asynchronous=config.env.asynchronous,
         env_module=config.env.module,
         **config.env.kwargs,
@@ -170,22 +199,26 @@ def train(
     optimizer = torch.optim.Adam(policy.parameters(), lr=config.ppo.lr, eps=1e-5)
     collector = Collector(envs, policy, config.ppo.rollout_len, device)
     start_update, global_step = 0, 0
-    recent = deque(maxlen=100)  # returns of the latest finished episodes
+    recent = deque(maxlen=100)  # returns of the latest finished episodes (of all ranks)
     if payload is not None:
-        _resume(payload, policy, optimizer, collector, envs, device)
+        _resume(payload, policy, optimizer, collector, envs, device, world.rank)
         start_update, global_step = payload["update"], payload["global_step"]
         recent.extend(payload["recent_returns"])
+    model = distributed.data_parallel(policy)  # broadcasts rank 0's parameters
 
-    writer = SummaryWriter(str(run_dir), purge_step=global_step if payload else None)
-    if payload is None:
-        writer.add_text("config", f"```\n{config.to_dict()}\n```")
+    writer = None
+    if world.is_main:
+        writer = SummaryWriter(str(run_dir), purge_step=global_step if payload else None)
+        if payload is None:
+            writer.add_text("config", f"```\n{config.to_dict()}\n```")
     checkpoint_path = run_dir / "checkpoint.pt"
-    num_updates = config.num_updates
+    steps_per_update = config.steps_per_update * world.size
+    num_updates = max(1, config.total_steps // steps_per_update)
     bar = tqdm(
-        total=num_updates * config.steps_per_update,
+        total=num_updates * steps_per_update,
         initial=global_step,
         unit="step",
-        disable=not progress,
+        disable=not (progress and world.is_main),
         dynamic_ncols=True,
     )
     start_time, start_step = time.perf_counter(), global_step
@@ -199,21 +232,28 @@ def train(
 
             rollout, initial_state, episodes = collector.collect()
             rollout = compute_advantages(rollout, config.ppo.gamma, config.ppo.gae_lambda)
-            metrics = update(policy, optimizer, rollout, initial_state, config)
-            global_step += config.steps_per_update
+            metrics = update(model, optimizer, rollout, initial_state, config)
+            steps, metrics, episodes = distributed.reduce_update(
+                config.steps_per_update, metrics, episodes, device
+            )
+            global_step += steps
 
             sps = int((global_step - start_step) / (time.perf_counter() - start_time))
             recent.extend(e["return"] for e in episodes)
-            _log(writer, global_step, lr, sps, metrics, episodes)
-            bar.update(config.steps_per_update)
+            if writer is not None:
+                _log(writer, global_step, lr, sps, metrics, episodes)
+            bar.update(steps)
             bar.set_postfix(SPS=sps, ret=f"{np.mean(recent):.3f}" if recent else "-")
 
             last = update_idx == num_updates
             if last or (config.checkpoint_every and update_idx % config.checkpoint_every == 0):
-                snapshot = _checkpoint_payload(
-                    config, policy, optimizer, collector, envs, update_idx, global_step, recent
-                )
-                save_checkpoint(checkpoint_path, snapshot)
+                ranks = distributed.gather_to_main(_rank_state(collector, envs))
+                if world.is_main:
+                    snapshot = _checkpoint_payload(
+                        config, policy, optimizer, ranks, update_idx, global_step, recent
+                    )
+                    save_checkpoint(checkpoint_path, snapshot)
+                distributed.barrier()  # on every rank, the checkpoint is on disk from here
     finally:
         bar.close()
         envs.close()
@@ -221,11 +261,12 @@ def train(
         checkpoint_path = Path(resume)
 
     final_eval: dict[str, Any] = {}
-    if config.eval_episodes > 0:
-        final_eval = evaluate_policy(policy, config, config.eval_episodes)
-        for key in ("return_mean", "return_std", "success_rate"):
-            writer.add_scalar(f"eval/{key}", final_eval[key], global_step)
-    writer.close()
+    if world.is_main:
+        if config.eval_episodes > 0:
+            final_eval = evaluate_policy(policy, config, config.eval_episodes)
+            for key in ("return_mean", "return_std", "success_rate"):
+                writer.add_scalar(f"eval/{key}", final_eval[key], global_step)
+        writer.close()
     return TrainResult(
         config=config,
         final_eval=final_eval,
@@ -234,4 +275,6 @@ def train(
         global_step=global_step,
         updates=num_updates,
         recent_returns=list(recent),
+        rank=world.rank,
+        world_size=world.size,
     )
