@@ -2,6 +2,8 @@
 
     xlstm-rl train [--config configs/default.yaml] [--resume CHECKPOINT] [--key value ...]
     xlstm-rl evaluate CHECKPOINT [--episodes N] [--seed S] [--stochastic] [--json PATH]
+    xlstm-rl suite SUITE.yaml [--workers N] [--out DIR] [--retry-failed] [--key value ...]
+    xlstm-rl report DIR
 
 Overrides are dotted config keys: ``--ppo.lr 1e-3``, ``--env.kwargs.corridor_length 20``,
 ``--core.name lstm``. An unknown key or a bad value stops with a message naming it.
@@ -62,6 +64,28 @@ def _evaluate(args: argparse.Namespace, extra: list[str]) -> int:
     return 0
 
 
+def _suite(args: argparse.Namespace, extra: list[str]) -> int:
+    from xlstm_rl.suite import run_suite
+
+    outcome = run_suite(
+        args.suite,
+        args.out,
+        workers=args.workers,
+        overrides=parse_overrides(extra),
+        retry_failed=args.retry_failed,
+    )
+    return 1 if outcome.failed else 0
+
+
+def _report(args: argparse.Namespace, extra: list[str]) -> int:
+    from xlstm_rl.suite import build_report
+
+    if extra:
+        raise ConfigError(f"unexpected arguments for report: {' '.join(extra)}")
+    print(f"report: {build_report(args.out)}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="xlstm-rl", description=__doc__.split("\n")[0])
     commands = parser.add_subparsers(dest="command", required=True)
@@ -84,6 +108,22 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--device", default="cpu")
     evaluate.add_argument("--json", type=Path, help="also write the results here")
     evaluate.set_defaults(run=_evaluate)
+
+    suite = commands.add_parser(
+        "suite",
+        help="run a benchmark suite (cores x envs x seeds) and write its report",
+        description="Run a suite; finished runs are skipped. Further --key value pairs "
+        "override config keys of every run.",
+    )
+    suite.add_argument("suite", type=Path, help="suite YAML, e.g. configs/suites/smoke.yaml")
+    suite.add_argument("--workers", type=int, default=1, help="runs at once (default 1)")
+    suite.add_argument("--out", type=Path, help="output dir (default runs/suites/<name>)")
+    suite.add_argument("--retry-failed", action="store_true", help="rerun failed runs")
+    suite.set_defaults(run=_suite)
+
+    report = commands.add_parser("report", help="rebuild a suite's report from finished runs")
+    report.add_argument("out", type=Path, help="the suite's output dir")
+    report.set_defaults(run=_report)
     return parser
 
 

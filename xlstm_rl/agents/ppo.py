@@ -114,6 +114,12 @@ def update(
                 # Under DDP the forward decides: only the last chunk's backward all-reduces.
                 with distributed.accumulate_locally(policy, skip_sync=chunk.stop < T):
                     loss, stats = loss_terms(policy, sequences[:, chunk], chunk_state, config)
+                if not torch.isfinite(loss):  # stop here: one NaN step would poison the weights
+                    terms = ", ".join(f"{k}={float(stats[k]):.4g}" for k in list(stats)[:3])
+                    raise FloatingPointError(
+                        f"non-finite loss {float(loss)} at optimiser step {len(history) + 1} "
+                        f"of this update ({terms})"
+                    )
                 weight = (chunk.stop - chunk.start) / T  # chunk means add up to the sequence mean
                 (loss * weight).backward()
                 for key, value in stats.items():

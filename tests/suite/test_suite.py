@@ -1,0 +1,135 @@
+"""The suite runner end to end: the smoke suite, resume, failures, and report rebuild.
+
+Each run is a subprocess that imports torch, so these tests take tens of seconds.
+"""
+
+import csv
+import json
+from pathlib import Path
+
+import pytest
+
+from xlstm_rl.cli import main
+from xlstm_rl.suite import build_report, load_suite, run_suite
+from xlstm_rl.suite.spec import suite_from_dict
+
+ROOT = Path(__file__).resolve().parents[2]
+SMOKE = ROOT / "configs" / "suites" / "smoke.yaml"
+HERE = Path(__file__).resolve().parent
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def quiet(*_):
+    pass
+
+
+@pytest.fixture(scope="module")
+def smoke(tmp_path_factory):
+    out = tmp_path_factory.mktemp("smoke")
+    outcome = run_suite(SMOKE, out, workers=2, echo=quiet)
+    return out, outcome
+
+
+def check_report(out: Path, suite) -> None:
+    report = (out / "report" / "report.md").read_text()
+    for env in suite.envs:
+        for core in suite.cores:
+            assert f"| {env.name} | {core} | {len(suite.seeds)}/{len(suite.seeds)} |" in report
+        png = out / "report" / f"curves_{env.name}.png"
+        assert png.read_bytes()[:8] == PNG_MAGIC and png.stat().st_size > 1000
+    assert (out / "report" / "summary.png").read_bytes()[:8] == PNG_MAGIC
+    assert "95% Student-t interval" in report and "MMER" in report
+    with (out / "report" / "summary.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == len(suite.envs) * len(suite.cores)
+    assert all(int(r["seeds_ok"]) == len(suite.seeds) for r in rows)
+    assert all(r["eval_return_mean"] not in ("", "nan") for r in rows)
+
+
+def test_smoke_suite_end_to_end(smoke):
+    out, outcome = smoke
+    suite = load_suite(SMOKE)
+    assert len(outcome.ran) == 8 and not outcome.failed and not outcome.skipped
+    for spec in suite.runs():
+        run_dir = spec.run_dir(out)
+        result = json.loads((run_dir / "result.json").read_text())
+        assert result["status"] == "ok" and result["error"] is None
+        assert (result["env"], result["core"], result["seed"]) == (spec.env, spec.core, spec.seed)
+        assert result["final_eval"]["episodes"] == 4 and result["global_step"] == 384
+        assert result["config"]["policy"]["prev_action"] is True
+        assert (run_dir / "train" / "checkpoint.pt").stat().st_size > 0
+        with (run_dir / "curve.csv").open() as f:
+            curve = list(csv.DictReader(f))
+        assert curve and all(0 < int(r["step"]) <= 384 for r in curve)
+        assert all(-1.0 <= float(r["episodic_return"]) <= 1.0 for r in curve)
+    check_report(out, suite)
+
+
+def test_resume_skips_finished_runs_and_finishes_interrupted_ones(smoke):
+    out, _ = smoke
+    suite = load_suite(SMOKE)
+    results = {spec.key: spec.run_dir(out) / "result.json" for spec in suite.runs()}
+    stamps = {key: path.stat().st_mtime_ns for key, path in results.items()}
+
+    outcome = run_suite(SMOKE, out, workers=2, echo=quiet, report=False)
+    assert outcome.ran == [] and len(outcome.skipped) == 8
+    assert all(results[key].stat().st_mtime_ns == stamps[key] for key in results)
+
+    # an interrupted run: its checkpoint is there but no result; it resumes, not restarts
+    interrupted = "TMaze-4/gru/seed1"
+    results[interrupted].unlink()
+    outcome = run_suite(SMOKE, out, workers=2, echo=quiet, report=False)
+    assert outcome.ran == [interrupted] and len(outcome.skipped) == 7
+    result = json.loads(results[interrupted].read_text())
+    assert result["status"] == "ok" and result["global_step"] == 384
+
+
+def test_report_rebuilds_from_finished_runs(smoke, capsys):
+    out, _ = smoke
+    for path in (out / "report").iterdir():
+        path.unlink()
+    assert main(["report", str(out)]) == 0
+    assert "report.md" in capsys.readouterr().out
+    check_report(out, load_suite(SMOKE))
+
+
+def test_failed_runs_are_recorded_and_the_suite_goes_on(tmp_path, monkeypatch):
+    monkeypatch.setenv("PYTHONPATH", str(HERE))  # the workers import suite_faulty_envs
+    smoke = load_suite(SMOKE)
+    faulty = {"id": "xlstm_rl_test/Faulty-v0", "overrides": {"env.module": "suite_faulty_envs"}}
+    suite = suite_from_dict(
+        {
+            "name": "faults",
+            "cores": ["gru"],
+            "seeds": [1],
+            "base": {**smoke.base, "total_steps": 4 * 32 * 3},
+            "envs": [
+                {"name": "raises", **faulty, "kwargs": {"fault": "raise", "after": 5}},
+                # NaN rewards from each env's 40th step: rollouts of 32, so in update 2
+                {"name": "nan", **faulty, "kwargs": {"fault": "nan", "after": 40}},
+                {"name": "exits", **faulty, "kwargs": {"fault": "exit", "after": 5}},
+                {"name": "fine", "id": "xlstm_rl/TMaze-v0", "kwargs": {"corridor_length": 3}},
+            ],
+        }
+    )
+    outcome = run_suite(suite, tmp_path, workers=2, echo=quiet)
+    assert sorted(outcome.failed) == ["exits/gru/seed1", "nan/gru/seed1", "raises/gru/seed1"]
+
+    def result(env):
+        return json.loads((tmp_path / "runs" / env / "gru" / "seed1" / "result.json").read_text())
+
+    assert result("fine")["status"] == "ok"
+    raised = result("raises")
+    assert raised["status"] == "failed"
+    assert "RuntimeError: faulty env: step failed on purpose" in raised["error"]
+    assert "Traceback" in raised["traceback"]
+    nan = result("nan")["error"]
+    assert nan.startswith("FloatingPointError at update 2 (after global step 128)")
+    assert "non-finite loss" in nan
+    assert "worker exited with code 3" in result("exits")["error"]
+
+    report = (tmp_path / "report" / "report.md").read_text()
+    assert "## Failed runs" in report
+    assert "| nan/gru/seed1 | FloatingPointError at update 2" in report
+    assert "| fine | gru | 1/1 |" in report and "| raises | gru | 0/1 |" in report
+    assert build_report(tmp_path) == tmp_path / "report" / "report.md"

@@ -1,0 +1,250 @@
+"""The suite report, rebuilt from finished runs: ``build_report(out)``.
+
+Writes ``out/report/``: ``report.md`` (tables), ``summary.csv`` (one row per env and
+core), ``curves_<env>.png`` (learning curves) and ``summary.png`` (bars of the final
+evaluation), plus ``horizon.png`` for suites with a ``horizon``.
+
+Statistics are over seeds: the mean and a 95% Student-t interval,
+mean +- t(0.975, n - 1) * sd / sqrt(n), with sd the sample standard deviation;
+with one seed there is no interval. Failed runs are listed with their errors and
+left out of the statistics.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from xlstm_rl.suite.runner import read_result
+from xlstm_rl.suite.spec import SuiteSpec, load_suite
+from xlstm_rl.suite.worker import rolling_max_mean, write_csv
+
+# two-sided 95% quantiles of Student's t, df = 1..30
+T_975 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228,
+         2.201, 2.179, 2.160, 2.145, 2.131, 2.120, 2.110, 2.101, 2.093, 2.086,
+         2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048, 2.045, 2.042)  # fmt: skip
+SUMMARY_COLUMNS = (
+    "env", "core", "seeds_ok", "seeds_failed",
+    "eval_return_mean", "eval_return_ci95",
+    "eval_success_mean", "eval_success_ci95",
+    "mmer_mean", "mmer_ci95",
+)  # fmt: skip
+
+
+def t_quantile(df: int) -> float:
+    if df < 1:
+        return float("nan")
+    if df <= len(T_975):
+        return T_975[df - 1]
+    z = 1.959964  # Cornish-Fisher expansion around the normal quantile
+    return z + (z**3 + z) / (4 * df) + (5 * z**5 + 16 * z**3 + 3 * z) / (96 * df**2)
+
+
+def mean_ci(values: list[float]) -> tuple[float, float]:
+    """(mean, half-width of the 95% t-interval); nan where it is undefined."""
+    values = [v for v in values if v is not None and not math.isnan(v)]
+    n = len(values)
+    if n == 0:
+        return float("nan"), float("nan")
+    mean = sum(values) / n
+    if n == 1:
+        return mean, float("nan")
+    sd = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1))
+    return mean, t_quantile(n - 1) * sd / math.sqrt(n)
+
+
+def fmt(mean: float, half: float, digits: int = 3) -> str:
+    if math.isnan(mean):
+        return "-"
+    return f"{mean:.{digits}f}" if math.isnan(half) else f"{mean:.{digits}f} ± {half:.{digits}f}"
+
+
+@dataclass
+class Run:
+    env: str
+    core: str
+    seed: int
+    result: dict[str, Any]
+    curve: list[tuple[int, float]]  # (step, mean episodic return of the update)
+
+    @property
+    def ok(self) -> bool:
+        return self.result.get("status") == "ok"
+
+    def final(self, key: str) -> float:
+        value = (self.result.get("final_eval") or {}).get(key)
+        return float("nan") if value is None else float(value)
+
+
+def read_curve(path: Path) -> list[tuple[int, float]]:
+    if not path.is_file():
+        return []
+    with path.open() as f:
+        return [(int(r["step"]), float(r["episodic_return"])) for r in csv.DictReader(f)]
+
+
+def collect_runs(out: Path, suite: SuiteSpec) -> list[Run]:
+    """Every finished run of the suite's matrix under ``out`` (unfinished ones are absent)."""
+    runs = []
+    for env in suite.envs:
+        for core in suite.cores:
+            for seed in suite.seeds:
+                run_dir = out / "runs" / env.name / core / f"seed{seed}"
+                result = read_result(run_dir)
+                if result is not None:
+                    runs.append(
+                        Run(env.name, core, seed, result, read_curve(run_dir / "curve.csv"))
+                    )
+    return runs
+
+
+def aggregate(runs: list[Run], suite: SuiteSpec) -> list[dict[str, Any]]:
+    """One row per (env, core): seed means and 95% t-intervals of eval return, success, MMER."""
+    rows = []
+    for env in suite.envs:
+        for core in suite.cores:
+            group = [r for r in runs if r.env == env.name and r.core == core]
+            ok = [r for r in group if r.ok]
+            mmer = [rolling_max_mean([v for _, v in r.curve], suite.mmer_window) for r in ok]
+            ret, ret_ci = mean_ci([r.final("return_mean") for r in ok])
+            succ, succ_ci = mean_ci([r.final("success_rate") for r in ok])
+            mm, mm_ci = mean_ci(mmer)
+            rows.append(dict(zip(SUMMARY_COLUMNS, (
+                env.name, core, len(ok), len(group) - len(ok),
+                ret, ret_ci, succ, succ_ci, mm, mm_ci,
+            ))))  # fmt: skip
+    return rows
+
+
+def per_core_summary(runs: list[Run], suite: SuiteSpec) -> dict[str, tuple[float, float, int]]:
+    """Per core: the mean over envs of the final eval return, per seed, then its t-interval.
+
+    Only seeds with a successful run on every env count.
+    """
+    summary = {}
+    for core in suite.cores:
+        per_seed = []
+        for seed in suite.seeds:
+            values = [
+                r.final("return_mean") for r in runs if r.core == core and r.seed == seed and r.ok
+            ]
+            if len(values) == len(suite.envs):
+                per_seed.append(sum(values) / len(values))
+        summary[core] = (*mean_ci(per_seed), len(per_seed))
+    return summary
+
+
+def horizon_headline(rows: list[dict], suite: SuiteSpec) -> dict[str, Any]:
+    """Per core: the largest ``suite.horizon`` value whose seed-mean metric meets the threshold."""
+    metric, threshold = suite.solve["metric"], float(suite.solve["threshold"])
+    column = {"success_rate": "eval_success_mean", "return_mean": "eval_return_mean"}[metric]
+    headline = {}
+    for core in suite.cores:
+        solved = [
+            suite.env_entry(row["env"]).kwargs[suite.horizon]
+            for row in rows
+            if row["core"] == core and row[column] >= threshold  # nan compares False
+        ]
+        headline[core] = max(solved) if solved else None
+    return headline
+
+
+def _table(header: list[str], rows: list[list[str]]) -> list[str]:
+    lines = ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
+    return lines + ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+
+
+def render_markdown(suite: SuiteSpec, runs: list[Run], rows: list[dict], plots: list[str]) -> str:
+    expected = len(suite.envs) * len(suite.cores) * len(suite.seeds)
+    failed = [r for r in runs if not r.ok]
+    budget = suite.base.get("total_steps", "see the suite file")
+    lines = [
+        f"# Suite `{suite.name}`",
+        "",
+        suite.description.strip(),
+        "",
+        f"Runs finished: {len(runs)} of {expected} ({len(failed)} failed). Seeds: "
+        f"{', '.join(map(str, suite.seeds))}. Base budget: {budget} env steps per run "
+        "(env overrides in `suite.yaml` may change it).",
+        "",
+        "Each cell is the mean over seeds ± the half-width of a 95% Student-t interval "
+        "(no interval with one seed). *Eval* is the final evaluation on held-out seeds "
+        "(deterministic actions). *MMER* is POPGym's max-mean episodic return: the "
+        f"maximum over training of the mean training return over {suite.mmer_window} "
+        "consecutive updates.",
+        "",
+        "## Results per environment and core",
+        "",
+    ]
+    table = [
+        [
+            row["env"], row["core"], f"{row['seeds_ok']}/{row['seeds_ok'] + row['seeds_failed']}",
+            fmt(row["eval_return_mean"], row["eval_return_ci95"]),
+            fmt(row["eval_success_mean"], row["eval_success_ci95"], 2),
+            fmt(row["mmer_mean"], row["mmer_ci95"]),
+        ]
+        for row in rows
+    ]  # fmt: skip
+    lines += _table(["env", "core", "seeds ok", "eval return", "eval success", "MMER"], table)
+    summary = per_core_summary(runs, suite)
+    lines += ["", "## Per core, mean over environments", ""]
+    lines += [
+        "Mean final eval return over all environments, per seed, then over seeds "
+        "(only seeds finished on every environment count).",
+        "",
+    ]
+    lines += _table(
+        ["core", "mean eval return", "seeds"],
+        [[core, fmt(m, h), n] for core, (m, h, n) in summary.items()],
+    )
+    if suite.horizon:
+        metric, threshold = suite.solve["metric"], suite.solve["threshold"]
+        headline = horizon_headline(rows, suite)
+        lines += ["", f"## Longest {suite.horizon} solved", ""]
+        lines += [
+            f"A core solves an environment when its seed-mean final eval {metric} is "
+            f">= {threshold}. Headline: the largest `{suite.horizon}` solved.",
+            "",
+        ]
+        lines += _table(
+            ["core", f"longest {suite.horizon} solved"],
+            [[core, "none" if v is None else v] for core, v in headline.items()],
+        )
+    if failed:
+        lines += ["", "## Failed runs", ""]
+        lines += _table(
+            ["run", "error"],
+            [[f"{r.env}/{r.core}/seed{r.seed}", _cell(r.result.get("error"))] for r in failed],
+        )
+    lines += ["", "## Plots", ""] + [f"![{p}]({p})" for p in plots]
+    return "\n".join(lines) + "\n"
+
+
+def _cell(text: Any) -> str:
+    return str(text).replace("|", "\\|").replace("\n", " ")[:300]
+
+
+def build_report(out: str | os.PathLike) -> Path:
+    """Rebuild ``out/report/`` from the finished runs under ``out``; returns report.md's path."""
+    from xlstm_rl.suite.plots import plot_curves, plot_horizon, plot_summary
+
+    out = Path(out)
+    if not (out / "suite.yaml").is_file():
+        raise FileNotFoundError(f"{out} has no suite.yaml: not a suite output directory")
+    suite = load_suite(out / "suite.yaml")
+    runs = collect_runs(out, suite)
+    rows = aggregate(runs, suite)
+    report_dir = out / "report"
+    report_dir.mkdir(exist_ok=True)
+    write_csv(report_dir / "summary.csv", rows, SUMMARY_COLUMNS)
+    plots = [plot_curves(report_dir, suite, runs, env.name) for env in suite.envs]
+    plots.append(plot_summary(report_dir, suite, rows))
+    if suite.horizon:
+        plots.append(plot_horizon(report_dir, suite, rows))
+    path = report_dir / "report.md"
+    path.write_text(render_markdown(suite, runs, rows, [p.name for p in plots]))
+    return path
