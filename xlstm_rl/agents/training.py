@@ -208,7 +208,8 @@ def _train(config, payload, resume, world, device, progress) -> TrainResult:
 
     writer = None
     if world.is_main:
-        writer = SummaryWriter(str(run_dir), purge_step=global_step if payload else None)
+        # drop only what was logged after the checkpoint: its own update's points stay
+        writer = SummaryWriter(str(run_dir), purge_step=global_step + 1 if payload else None)
         if payload is None:
             writer.add_text("config", f"```\n{config.to_dict()}\n```")
     checkpoint_path = run_dir / "checkpoint.pt"
