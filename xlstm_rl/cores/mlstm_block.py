@@ -11,10 +11,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from tensordict import TensorDict
 from torch import nn
 
-from xlstm_rl.cores.layers import HeadNorm, SwiGLU, soft_cap
+from xlstm_rl.cores.layers import CausalConv, HeadNorm, SwiGLU, soft_cap
 from xlstm_rl.kernels import backends, mlstm_sequence, mlstm_step
 
 
@@ -25,6 +26,7 @@ class MLSTMBlockConfig:
     head_dim: int | None = None  # v width per head; default hidden_size / num_heads
     qk_dim_factor: float = 0.5  # q and k width per head, as a fraction of head_dim
     ffn_factor: float = 1.0
+    conv_kernel: int = 4  # reset-aware causal conv before q, k and the gates; 0: none
     gate_cap: float = 15.0
     igate_bias: float = 0.0
     fgate_bias: tuple[float, float] = (3.0, 6.0)  # spread linearly over heads
@@ -50,6 +52,8 @@ class MLSTMBlockConfig:
             )
         if self.chunk_size is not None and self.chunk_size < 1:
             raise ValueError(f"chunk_size must be positive or None, got {self.chunk_size}")
+        if self.conv_kernel < 0 or self.conv_kernel == 1:
+            raise ValueError(f"conv_kernel must be 0 (no conv) or >= 2, got {self.conv_kernel}")
         if self.gate_cap <= 0 or self.ffn_factor <= 0 or not 0 < self.qk_dim_factor <= 4:
             raise ValueError("gate_cap, ffn_factor and qk_dim_factor (<= 4) must be positive")
 
@@ -68,37 +72,52 @@ class MLSTMBlock(nn.Module):
         self.config = c = config
         H, dh, d = c.num_heads, c.dh, c.hidden_size
         self.norm = nn.LayerNorm(d)
-        # one projection for q, k, v, the output gate and the input/forget gates
-        self.split = [H * c.dqk, H * c.dqk, H * dh, H * dh, 2 * H]
-        self.proj = nn.Linear(d, sum(self.split))
+        # q, k and the input/forget gates read the (convolved) input; v and the output gate
+        # read it directly, as in the xLSTM paper's mLSTM block
+        self.conv = CausalConv(d, c.conv_kernel) if c.conv_kernel else None
+        self.split = [H * c.dqk, H * c.dqk, 2 * H]
+        self.proj_qk = nn.Linear(d, sum(self.split))
+        self.proj_vo = nn.Linear(d, 2 * H * dh)
         self.head_norm = HeadNorm(H, dh)
         self.out = nn.Linear(H * dh, d)
         self.ffn_norm = nn.LayerNorm(d)
         self.ffn = SwiGLU(d, c.ffn_factor)
         with torch.no_grad():
-            gate_w, gate_b = self.proj.weight[-2 * H :], self.proj.bias[-2 * H :]
+            gate_w, gate_b = self.proj_qk.weight[-2 * H :], self.proj_qk.bias[-2 * H :]
             gate_w.zero_()
             gate_b[:H] = c.igate_bias
             gate_b[H:] = torch.linspace(*c.fgate_bias, H)
 
     def state_shapes(self) -> dict[str, tuple[int, ...]]:
         c = self.config
-        return {"C": (c.num_heads, c.dqk, c.dh), "n": (c.num_heads, c.dqk), "m": (c.num_heads,)}
+        shapes = {"C": (c.num_heads, c.dqk, c.dh), "n": (c.num_heads, c.dqk), "m": (c.num_heads,)}
+        if c.conv_kernel:
+            shapes["conv"] = (c.conv_kernel - 1, c.hidden_size)
+        return shapes
 
-    def _project(self, x: torch.Tensor):
-        """(..., d) -> q, k, v, o as (..., H, dh) and capped gates i, f as (..., H)."""
+    def _project(self, x: torch.Tensor, state: TensorDict, resets: torch.Tensor | None):
+        """x (B, T, d) -> q, k, v, o (B, T, H, dh), capped gates i, f (B, T, H), conv state."""
         c = self.config
-        q, k, v, o, gates = self.proj(self.norm(x)).split(self.split, dim=-1)
+        xn = self.norm(x)
+        conv_state = None
+        if self.conv is None:
+            xc = xn
+        else:
+            xc, conv_state = self.conv(xn, state["conv"], resets)
+            xc = F.silu(xc)
+        q, k, gates = self.proj_qk(xc).split(self.split, dim=-1)
+        v, o = self.proj_vo(xn).chunk(2, dim=-1)
         heads = (c.num_heads, -1)
         i, f = soft_cap(gates, c.gate_cap).unflatten(-1, (2, c.num_heads)).unbind(-2)
-        return (
-            q.unflatten(-1, heads),
-            k.unflatten(-1, heads),
-            v.unflatten(-1, heads),
-            o.unflatten(-1, heads),
-            i,
-            f,
-        )
+        qkvo = (t.unflatten(-1, heads) for t in (q, k, v, o))
+        return *qkvo, i, f, conv_state
+
+    @staticmethod
+    def _new_state(C, n, m, conv_state, batch_size) -> TensorDict:
+        new = {"C": C, "n": n, "m": m}
+        if conv_state is not None:
+            new["conv"] = conv_state
+        return TensorDict(new, batch_size=batch_size)
 
     def _finish(self, x: torch.Tensor, h: torch.Tensor, o: torch.Tensor) -> torch.Tensor:
         """Per-head norm, output gate, projection, residual, then the feed-forward."""
@@ -107,7 +126,7 @@ class MLSTMBlock(nn.Module):
         return x + self.ffn(self.ffn_norm(x))
 
     def forward(self, x: torch.Tensor, state: TensorDict, resets: torch.Tensor | None):
-        q, k, v, o, i, f = self._project(x)  # (B, T, H, dh), gates (B, T, H)
+        q, k, v, o, i, f, conv_state = self._project(x, state, resets)
         h, (C, n, m) = mlstm_sequence(
             q.transpose(1, 2),
             k.transpose(1, 2),
@@ -120,10 +139,12 @@ class MLSTMBlock(nn.Module):
             chunk_size=self.config.chunk_size or (64 if x.is_cuda else 16),
         )  # h (B, H, T, dh)
         y = self._finish(x, h.transpose(1, 2), o)
-        return y, TensorDict({"C": C, "n": n, "m": m}, batch_size=state.batch_size)
+        return y, self._new_state(C, n, m, conv_state, state.batch_size)
 
     def step(self, x: torch.Tensor, state: TensorDict, reset: torch.Tensor | None):
-        q, k, v, o, i, f = self._project(x)  # (B, H, dh), gates (B, H)
+        seq_reset = None if reset is None else reset[:, None]
+        *projected, conv_state = self._project(x[:, None], state, seq_reset)
+        q, k, v, o, i, f = (t.squeeze(1) for t in projected)  # drop the time axis of 1
         h, (C, n, m) = mlstm_step(
             q,
             k,
@@ -135,4 +156,4 @@ class MLSTMBlock(nn.Module):
             backend=self.config.step_backend,
         )
         y = self._finish(x, h, o)
-        return y, TensorDict({"C": C, "n": n, "m": m}, batch_size=state.batch_size)
+        return y, self._new_state(C, n, m, conv_state, state.batch_size)
