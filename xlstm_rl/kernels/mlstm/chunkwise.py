@@ -11,13 +11,11 @@ first reset on. Gradients come from autograd; the stabilisers are detached.
 
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.nn.functional as F
 
 from xlstm_rl.kernels.mlstm.parallel import segment_log_decay
-from xlstm_rl.kernels.mlstm.reference import State, compute_dtype, empty_state
+from xlstm_rl.kernels.mlstm.reference import State, prepare
 
 # Padded steps: no input (i = -1e30 gives weight exp(-1e30 - m) = 0) and no decay.
 _NO_INPUT = -1e30
@@ -46,14 +44,7 @@ def mlstm_sequence_chunkwise(
         raise ValueError(f"chunk_size must be a positive int, got {chunk_size!r}")
     B, H, T, Dk = q.shape
     Dv = v.shape[-1]
-    dt = compute_dtype(q)
-    if state is None:
-        state = empty_state(B, H, Dk, Dv, q.device, dt)
-    C_prev, n_prev, m_prev = (s.to(dt) for s in state)
-    m_prev = m_prev.detach()  # the stabiliser carries no gradient, the incoming one neither
-    out_dtype = v.dtype
-    q, k, v, i, f = (x.to(dt) for x in (q, k, v, i, f))
-    q = q / math.sqrt(Dk)
+    (q, k, v, i, f), (C_prev, n_prev, m_prev), out_dtype = prepare(q, k, v, i, f, state)
 
     L = min(chunk_size, T)
     NC = -(-T // L)

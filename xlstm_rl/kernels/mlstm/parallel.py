@@ -9,12 +9,10 @@ reset are masked, not produced by -inf arithmetic.
 
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.nn.functional as F
 
-from xlstm_rl.kernels.mlstm.reference import State, compute_dtype, empty_state
+from xlstm_rl.kernels.mlstm.reference import State, prepare
 
 _SELECTORS: dict = {}
 _SELECTOR_MAX_T = 64  # the selector holds T^3 entries: 1 MiB at T = 64
@@ -74,16 +72,8 @@ def mlstm_sequence_parallel(
     state: State | None = None,
     chunk_size: int = 64,  # unused: kept so every backend has one signature
 ) -> tuple[torch.Tensor, State]:
-    B, H, T, Dk = q.shape
-    Dv = v.shape[-1]
-    dt = compute_dtype(q)
-    if state is None:
-        state = empty_state(B, H, Dk, Dv, q.device, dt)
-    C0, n0, m0 = (s.to(dt) for s in state)
-    m0 = m0.detach()  # the stabiliser carries no gradient, the incoming one neither
-    out_dtype = v.dtype
-    q, k, v, i, f = (x.to(dt) for x in (q, k, v, i, f))
-    q = q / math.sqrt(Dk)
+    B, T = q.shape[0], q.shape[2]
+    (q, k, v, i, f), (C0, n0, m0), out_dtype = prepare(q, k, v, i, f, state)
 
     log_f = F.logsigmoid(f)
     log_d = segment_log_decay(log_f) + i[..., None, :]  # (B, H, T, T)

@@ -28,6 +28,20 @@ def empty_state(B: int, H: int, Dk: int, Dv: int, device, dtype=torch.float32) -
     )
 
 
+def prepare(q, k, v, i, f, state: State | None):
+    """Shared preamble of the sequence forms: inputs in the compute dtype with q scaled
+    by 1/sqrt(Dk), the incoming state (empty if None) with its m detached, and h's dtype."""
+    B, H, _, Dk = q.shape
+    dt = compute_dtype(q)
+    if state is None:
+        state = empty_state(B, H, Dk, v.shape[-1], q.device, dt)
+    C, n, m = (s.to(dt) for s in state)
+    out_dtype = v.dtype
+    q, k, v, i, f = (x.to(dt) for x in (q, k, v, i, f))
+    # the stabiliser carries no gradient, the incoming one neither
+    return (q / math.sqrt(Dk), k, v, i, f), (C, n, m.detach()), out_dtype
+
+
 def apply_reset(state: State, reset: torch.Tensor | None) -> State:
     """Replace the state of rows with reset[b] = True by the empty state."""
     if reset is None:
