@@ -95,7 +95,8 @@ def mlstm_sequence_chunkwise(
     scores = (q @ k.transpose(-1, -2)) * torch.exp(log_d - m[..., None])  # (B, H, NC, L, L)
     out = scores @ v + torch.exp(log_state - m)[..., None] * (q @ Cn_in)  # (..., L, Dv + 1)
     num, den = out[..., :Dv], out[..., Dv]
-    h = num / torch.maximum(den.abs(), torch.exp(-m))[..., None]
+    # one reciprocal per step and a broadcast multiply: cheaper than dividing every entry
+    h = num * torch.maximum(den.abs(), torch.exp(-m)).reciprocal()[..., None]
     h = h.reshape(B, H, NC * L, Dv)[:, :, :T]
     C_prev, n_prev = Cn[..., :Dv], Cn[..., Dv]
     return h.to(out_dtype), (C_prev, n_prev, m_prev)

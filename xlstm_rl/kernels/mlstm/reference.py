@@ -39,7 +39,7 @@ def prepare(q, k, v, i, f, state: State | None):
     out_dtype = v.dtype
     q, k, v, i, f = (x.to(dt) for x in (q, k, v, i, f))
     # the stabiliser carries no gradient, the incoming one neither
-    return (q / math.sqrt(Dk), k, v, i, f), (C, n, m.detach()), out_dtype
+    return (q * Dk**-0.5, k, v, i, f), (C, n, m.detach()), out_dtype
 
 
 def apply_reset(state: State, reset: torch.Tensor | None) -> State:
