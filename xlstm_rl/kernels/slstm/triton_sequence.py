@@ -68,13 +68,9 @@ def _cell(i, f, c_p, n_p, m_p):
 
 
 @triton.jit
-def _slstm_fwd_kernel(
-    g_ptr, R_ptr, r_ptr, c0_ptr, n0_ptr, m0_ptr, h0_ptr,
-    hs_ptr, cf_ptr, nf_ptr, mf_ptr, hf_ptr, cT_ptr, nT_ptr, mT_ptr, hT_ptr,
-    B, T, H, Dh,
-    BB: tl.constexpr, BD: tl.constexpr,
-    HAS_RESETS: tl.constexpr, HAS_STATE: tl.constexpr, SAVE: tl.constexpr,
-):  # fmt: skip
+def _program_tiles(R_ptr, B, H, Dh, BB: tl.constexpr, BD: tl.constexpr):
+    """This program's batch rows, head, lanes and (BB, BD) mask, the (B, H, Dh) state
+    offsets, and the head's four recurrent blocks."""
     rows = (tl.program_id(0) * BB + tl.arange(0, BB)).to(tl.int64)
     hh = tl.program_id(1)
     d = tl.arange(0, BD)
@@ -82,22 +78,66 @@ def _slstm_fwd_kernel(
     mask = (rows < B)[:, None] & md[None, :]
     R_i, R_f = _load_R(R_ptr, hh, Dh, d, md, 0), _load_R(R_ptr, hh, Dh, d, md, 1)
     R_z, R_o = _load_R(R_ptr, hh, Dh, d, md, 2), _load_R(R_ptr, hh, Dh, d, md, 3)
-    st = (rows[:, None] * H + hh) * Dh + d[None, :]  # (B, H, Dh) offsets
+    st = (rows[:, None] * H + hh) * Dh + d[None, :]
+    return rows, hh, d, mask, st, R_i, R_f, R_z, R_o
+
+
+@triton.jit
+def _load_state(c_ptr, n_ptr, m_ptr, h_ptr, offs, mask):
+    """(c, n, m, h) at offs, zero outside mask."""
+    c = tl.load(c_ptr + offs, mask=mask, other=0.0)
+    n = tl.load(n_ptr + offs, mask=mask, other=0.0)
+    m = tl.load(m_ptr + offs, mask=mask, other=0.0)
+    h = tl.load(h_ptr + offs, mask=mask, other=0.0)
+    return c, n, m, h
+
+
+@triton.jit
+def _initial_state(
+    c0_ptr, n0_ptr, m0_ptr, h0_ptr, st, mask,
+    HAS_STATE: tl.constexpr, BB: tl.constexpr, BD: tl.constexpr,
+):  # fmt: skip
+    """The state before step 0: the given one, or zeros."""
     if HAS_STATE:
-        c = tl.load(c0_ptr + st, mask=mask, other=0.0)
-        n = tl.load(n0_ptr + st, mask=mask, other=0.0)
-        m = tl.load(m0_ptr + st, mask=mask, other=0.0)
-        h = tl.load(h0_ptr + st, mask=mask, other=0.0)
+        c, n, m, h = _load_state(c0_ptr, n0_ptr, m0_ptr, h0_ptr, st, mask)
     else:
         c = tl.zeros([BB, BD], dtype=tl.float32)
         n = tl.zeros([BB, BD], dtype=tl.float32)
         m = tl.zeros([BB, BD], dtype=tl.float32)
         h = tl.zeros([BB, BD], dtype=tl.float32)
+    return c, n, m, h
+
+
+@triton.jit
+def _store_state(c_ptr, n_ptr, m_ptr, h_ptr, offs, mask, c, n, m, h):
+    tl.store(c_ptr + offs, c, mask=mask)
+    tl.store(n_ptr + offs, n, mask=mask)
+    tl.store(m_ptr + offs, m, mask=mask)
+    tl.store(h_ptr + offs, h, mask=mask)
+
+
+@triton.jit
+def _apply_resets(r_ptr, rows, B, T, t, c, n, m, h):
+    """Zero the state of the rows whose episode restarts at step t; also the (BB, 1) mask."""
+    dead = (tl.load(r_ptr + rows * T + t, mask=rows < B, other=0) != 0)[:, None]
+    c, n = tl.where(dead, 0.0, c), tl.where(dead, 0.0, n)
+    m, h = tl.where(dead, 0.0, m), tl.where(dead, 0.0, h)
+    return dead, c, n, m, h
+
+
+@triton.jit
+def _slstm_fwd_kernel(
+    g_ptr, R_ptr, r_ptr, c0_ptr, n0_ptr, m0_ptr, h0_ptr,
+    hs_ptr, cf_ptr, nf_ptr, mf_ptr, hf_ptr, cT_ptr, nT_ptr, mT_ptr, hT_ptr,
+    B, T, H, Dh,
+    BB: tl.constexpr, BD: tl.constexpr,
+    HAS_RESETS: tl.constexpr, HAS_STATE: tl.constexpr, SAVE: tl.constexpr,
+):  # fmt: skip
+    rows, hh, d, mask, st, R_i, R_f, R_z, R_o = _program_tiles(R_ptr, B, H, Dh, BB, BD)
+    c, n, m, h = _initial_state(c0_ptr, n0_ptr, m0_ptr, h0_ptr, st, mask, HAS_STATE, BB, BD)
     for t in range(T):
         if HAS_RESETS:
-            dead = (tl.load(r_ptr + rows * T + t, mask=rows < B, other=0) != 0)[:, None]
-            c, n = tl.where(dead, 0.0, c), tl.where(dead, 0.0, n)
-            m, h = tl.where(dead, 0.0, m), tl.where(dead, 0.0, h)
+            _, c, n, m, h = _apply_resets(r_ptr, rows, B, T, t, c, n, m, h)
         i, f, z, o = _gates(g_ptr, t, T, H, Dh, hh, rows, d, mask, h, R_i, R_f, R_z, R_o)
         m, i_s, f_s = _cell(i, f, c, n, m)
         c = f_s * c + i_s * _tanh(z)
@@ -106,14 +146,8 @@ def _slstm_fwd_kernel(
         seq = ((rows[:, None] * T + t) * H + hh) * Dh + d[None, :]  # (B, T, H, Dh) offsets
         tl.store(hs_ptr + seq, rounded(h, hs_ptr.dtype.element_ty), mask=mask)
         if SAVE:
-            tl.store(cT_ptr + seq, c, mask=mask)
-            tl.store(nT_ptr + seq, n, mask=mask)
-            tl.store(mT_ptr + seq, m, mask=mask)
-            tl.store(hT_ptr + seq, h, mask=mask)
-    tl.store(cf_ptr + st, c, mask=mask)
-    tl.store(nf_ptr + st, n, mask=mask)
-    tl.store(mf_ptr + st, m, mask=mask)
-    tl.store(hf_ptr + st, h, mask=mask)
+            _store_state(cT_ptr, nT_ptr, mT_ptr, hT_ptr, seq, mask, c, n, m, h)
+    _store_state(cf_ptr, nf_ptr, mf_ptr, hf_ptr, st, mask, c, n, m, h)
 
 
 @triton.jit
@@ -124,14 +158,7 @@ def _slstm_bwd_kernel(
     BB: tl.constexpr, BD: tl.constexpr,
     HAS_RESETS: tl.constexpr, HAS_STATE: tl.constexpr, HAS_DFINAL: tl.constexpr,
 ):  # fmt: skip
-    rows = (tl.program_id(0) * BB + tl.arange(0, BB)).to(tl.int64)
-    hh = tl.program_id(1)
-    d = tl.arange(0, BD)
-    md = d < Dh
-    mask = (rows < B)[:, None] & md[None, :]
-    R_i, R_f = _load_R(R_ptr, hh, Dh, d, md, 0), _load_R(R_ptr, hh, Dh, d, md, 1)
-    R_z, R_o = _load_R(R_ptr, hh, Dh, d, md, 2), _load_R(R_ptr, hh, Dh, d, md, 3)
-    st = (rows[:, None] * H + hh) * Dh + d[None, :]
+    rows, hh, d, mask, st, R_i, R_f, R_z, R_o = _program_tiles(R_ptr, B, H, Dh, BB, BD)
     if HAS_DFINAL:
         dc = tl.load(dcf_ptr + st, mask=mask, other=0.0)
         dn = tl.load(dnf_ptr + st, mask=mask, other=0.0)
@@ -145,24 +172,13 @@ def _slstm_bwd_kernel(
         t = T - 1 - rt
         prev = ((rows[:, None] * T + t - 1) * H + hh) * Dh + d[None, :]
         if t > 0:
-            c_p = tl.load(cT_ptr + prev, mask=mask, other=0.0)
-            n_p = tl.load(nT_ptr + prev, mask=mask, other=0.0)
-            m_p = tl.load(mT_ptr + prev, mask=mask, other=0.0)
-            h_p = tl.load(hT_ptr + prev, mask=mask, other=0.0)
-        elif HAS_STATE:
-            c_p = tl.load(c0_ptr + st, mask=mask, other=0.0)
-            n_p = tl.load(n0_ptr + st, mask=mask, other=0.0)
-            m_p = tl.load(m0_ptr + st, mask=mask, other=0.0)
-            h_p = tl.load(h0_ptr + st, mask=mask, other=0.0)
+            c_p, n_p, m_p, h_p = _load_state(cT_ptr, nT_ptr, mT_ptr, hT_ptr, prev, mask)
         else:
-            c_p = tl.zeros([BB, BD], dtype=tl.float32)
-            n_p = tl.zeros([BB, BD], dtype=tl.float32)
-            m_p = tl.zeros([BB, BD], dtype=tl.float32)
-            h_p = tl.zeros([BB, BD], dtype=tl.float32)
+            c_p, n_p, m_p, h_p = _initial_state(
+                c0_ptr, n0_ptr, m0_ptr, h0_ptr, st, mask, HAS_STATE, BB, BD
+            )
         if HAS_RESETS:
-            dead = (tl.load(r_ptr + rows * T + t, mask=rows < B, other=0) != 0)[:, None]
-            c_p, n_p = tl.where(dead, 0.0, c_p), tl.where(dead, 0.0, n_p)
-            m_p, h_p = tl.where(dead, 0.0, m_p), tl.where(dead, 0.0, h_p)
+            dead, c_p, n_p, m_p, h_p = _apply_resets(r_ptr, rows, B, T, t, c_p, n_p, m_p, h_p)
         else:
             dead = tl.zeros([BB, 1], dtype=tl.int1)
         i, f, z, o = _gates(g_ptr, t, T, H, Dh, hh, rows, d, mask, h_p, R_i, R_f, R_z, R_o)
@@ -196,10 +212,7 @@ def _slstm_bwd_kernel(
         dc = tl.where(dead, 0.0, dc * f_s)
         dn = tl.where(dead, 0.0, dn * f_s)
     if HAS_STATE:
-        tl.store(dc0_ptr + st, dc, mask=mask)
-        tl.store(dn0_ptr + st, dn, mask=mask)
-        tl.store(dm0_ptr + st, dm, mask=mask)
-        tl.store(dh0_ptr + st, dh_next, mask=mask)
+        _store_state(dc0_ptr, dn0_ptr, dm0_ptr, dh0_ptr, st, mask, dc, dn, dm, dh_next)
 
 
 class _SLSTMSequence(torch.autograd.Function):
