@@ -83,13 +83,9 @@ def _chunk_end_weights(ig, to_end, valid, episode, log_keep_base, m_next):
 
 
 @triton.jit
-def _fwd_states_kernel(
-    k_ptr, v_ptr, i_ptr, f_ptr, r_ptr, C0_ptr, n0_ptr, m0_ptr,
-    Cs_ptr, ns_ptr, ms_ptr, Cf_ptr, nf_ptr, mf_ptr,
-    T, H, NC, Dk, Dv,
-    L: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
-    HAS_RESETS: tl.constexpr, HAS_STATE: tl.constexpr, IEEE: tl.constexpr,
-):  # fmt: skip
+def _state_tile(H, Dk, Dv, BK: tl.constexpr, BV: tl.constexpr):
+    """This program of a states kernel: (batch*head, Dk tile, Dv tile) ids, the batch
+    row, the tile's Dk and Dv lanes and masks, and its (Dk, Dv) offsets and mask."""
     bh = tl.program_id(0).to(tl.int64)
     pid_k = tl.program_id(1)
     pid_v = tl.program_id(2)
@@ -98,18 +94,68 @@ def _fwd_states_kernel(
     dv = pid_v * BV + tl.arange(0, BV)
     mk, mv = dk < Dk, dv < Dv
     tile = dk[:, None] * Dv + dv[None, :]
-    if HAS_STATE:
-        C = tl.load(C0_ptr + bh * Dk * Dv + tile, mask=mk[:, None] & mv[None, :], other=0.0)
-        n = tl.load(n0_ptr + bh * Dk + dk, mask=mk, other=0.0)
-        m = tl.load(m0_ptr + bh)
+    return bh, pid_k, pid_v, b, dk, dv, mk, mv, tile, mk[:, None] & mv[None, :]
+
+
+@triton.jit
+def _load_state_tile(
+    C_ptr, n_ptr, bh, dk, mk, tile, tile_mask, Dk, Dv,
+    HAS: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
+):  # fmt: skip
+    """The (C, n) tile of a (B*H, Dk, Dv) / (B*H, Dk) state, or zeros without one."""
+    if HAS:
+        C = tl.load(C_ptr + bh * Dk * Dv + tile, mask=tile_mask, other=0.0)
+        n = tl.load(n_ptr + bh * Dk + dk, mask=mk, other=0.0)
     else:
         C = tl.zeros([BK, BV], dtype=tl.float32)
         n = tl.zeros([BK], dtype=tl.float32)
+    return C, n
+
+
+@triton.jit
+def _store_state_tile(C_ptr, n_ptr, slot, dk, mk, tile, tile_mask, Dk, Dv, pid_v, C, n):
+    """Store the (C, n) tile at slot (of Dk * Dv and Dk); n from the first Dv tile only."""
+    tl.store(C_ptr + slot * Dk * Dv + tile, C, mask=tile_mask)
+    if pid_v == 0:
+        tl.store(n_ptr + slot * Dk + dk, n, mask=mk)
+
+
+@triton.jit
+def _bwd_chunk_weights(
+    mt_ptr, inv_den_ptr, beta_ptr, ms_ptr, bh, c, T, NC, scale,
+    t, valid, ig, log_f, to_end, episode,
+):  # fmt: skip
+    """Backward recompute for chunk c from the saved stabilisers: the chunk's own keys'
+    end weights, the carried state's keep factor, m_t, the carried state's weight per
+    step, and the saved 1/den and beta."""
+    m_in = tl.load(ms_ptr + bh * (NC + 1) + c)
+    m_next = tl.load(ms_ptr + bh * (NC + 1) + c + 1)
+    w_end, keep = _chunk_end_weights(ig, to_end, valid, episode, tl.sum(log_f, 0) + m_in, m_next)
+    m = tl.load(mt_ptr + bh * T + t, mask=valid, other=0.0)
+    log_state = tl.where(valid & (episode == 0), tl.cumsum(log_f, 0) + m_in, float("-inf"))
+    w_state = tl.exp(log_state - m) * scale
+    inv_den = tl.load(inv_den_ptr + bh * T + t, mask=valid, other=0.0)
+    beta = tl.load(beta_ptr + bh * T + t, mask=valid, other=0.0)
+    return w_end, keep, m, w_state, inv_den, beta
+
+
+@triton.jit
+def _fwd_states_kernel(
+    k_ptr, v_ptr, i_ptr, f_ptr, r_ptr, C0_ptr, n0_ptr, m0_ptr,
+    Cs_ptr, ns_ptr, ms_ptr, Cf_ptr, nf_ptr, mf_ptr,
+    T, H, NC, Dk, Dv,
+    L: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
+    HAS_RESETS: tl.constexpr, HAS_STATE: tl.constexpr, IEEE: tl.constexpr,
+):  # fmt: skip
+    bh, pid_k, pid_v, b, dk, dv, mk, mv, tile, tile_mask = _state_tile(H, Dk, Dv, BK, BV)
+    C, n = _load_state_tile(C0_ptr, n0_ptr, bh, dk, mk, tile, tile_mask, Dk, Dv, HAS_STATE, BK, BV)
+    if HAS_STATE:
+        m = tl.load(m0_ptr + bh)
+    else:
         m = tl.full([], 0.0, tl.float32)
     for c in range(NC):
-        tl.store(Cs_ptr + (bh * NC + c) * Dk * Dv + tile, C, mask=mk[:, None] & mv[None, :])
+        _store_state_tile(Cs_ptr, ns_ptr, bh * NC + c, dk, mk, tile, tile_mask, Dk, Dv, pid_v, C, n)
         if pid_v == 0:
-            tl.store(ns_ptr + (bh * NC + c) * Dk + dk, n, mask=mk)
             if pid_k == 0:
                 tl.store(ms_ptr + bh * (NC + 1) + c, m)
         t, valid, ig, log_f, to_end, episode = _chunk_gates(
@@ -128,9 +174,8 @@ def _fwd_states_kernel(
         C = keep * C + dot(tl.trans(kw), v, IEEE)
         n = keep * n + tl.sum(kw, 0)
         m = m_next
-    tl.store(Cf_ptr + bh * Dk * Dv + tile, C, mask=mk[:, None] & mv[None, :])
+    _store_state_tile(Cf_ptr, nf_ptr, bh, dk, mk, tile, tile_mask, Dk, Dv, pid_v, C, n)
     if pid_v == 0:
-        tl.store(nf_ptr + bh * Dk + dk, n, mask=mk)
         if pid_k == 0:
             tl.store(mf_ptr + bh, m)
             tl.store(ms_ptr + bh * (NC + 1) + NC, m)
@@ -198,37 +243,23 @@ def _bwd_states_kernel(
     L: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
     HAS_RESETS: tl.constexpr, HAS_DFINAL: tl.constexpr, IEEE: tl.constexpr,
 ):  # fmt: skip
-    bh = tl.program_id(0).to(tl.int64)
-    pid_k = tl.program_id(1)
-    pid_v = tl.program_id(2)
-    b = bh // H
-    dk = pid_k * BK + tl.arange(0, BK)
-    dv = pid_v * BV + tl.arange(0, BV)
-    mk, mv = dk < Dk, dv < Dv
-    tile = dk[:, None] * Dv + dv[None, :]
-    if HAS_DFINAL:
-        dC = tl.load(dCf_ptr + bh * Dk * Dv + tile, mask=mk[:, None] & mv[None, :], other=0.0)
-        dn = tl.load(dnf_ptr + bh * Dk + dk, mask=mk, other=0.0)
-    else:
-        dC = tl.zeros([BK, BV], dtype=tl.float32)
-        dn = tl.zeros([BK], dtype=tl.float32)
+    bh, pid_k, pid_v, b, dk, dv, mk, mv, tile, tile_mask = _state_tile(H, Dk, Dv, BK, BV)
+    dC, dn = _load_state_tile(
+        dCf_ptr, dnf_ptr, bh, dk, mk, tile, tile_mask, Dk, Dv, HAS_DFINAL, BK, BV
+    )
     for rc in range(NC):
         c = NC - 1 - rc
         # dC holds the gradient of the state leaving chunk c
-        tl.store(dCs_ptr + (bh * NC + c) * Dk * Dv + tile, dC, mask=mk[:, None] & mv[None, :])
-        if pid_v == 0:
-            tl.store(dns_ptr + (bh * NC + c) * Dk + dk, dn, mask=mk)
+        _store_state_tile(
+            dCs_ptr, dns_ptr, bh * NC + c, dk, mk, tile, tile_mask, Dk, Dv, pid_v, dC, dn
+        )
         t, valid, ig, log_f, to_end, episode = _chunk_gates(
             i_ptr, f_ptr, r_ptr, bh, b, c, T, L, HAS_RESETS
         )
-        m_in = tl.load(ms_ptr + bh * (NC + 1) + c)
-        m_next = tl.load(ms_ptr + bh * (NC + 1) + c + 1)
-        _, keep = _chunk_end_weights(ig, to_end, valid, episode, tl.sum(log_f, 0) + m_in, m_next)
-        m = tl.load(mt_ptr + bh * T + t, mask=valid, other=0.0)
-        log_state = tl.where(valid & (episode == 0), tl.cumsum(log_f, 0) + m_in, float("-inf"))
-        w_state = tl.exp(log_state - m) * scale
-        inv_den = tl.load(inv_den_ptr + bh * T + t, mask=valid, other=0.0)
-        beta = tl.load(beta_ptr + bh * T + t, mask=valid, other=0.0)
+        _, keep, _, w_state, inv_den, beta = _bwd_chunk_weights(
+            mt_ptr, inv_den_ptr, beta_ptr, ms_ptr, bh, c, T, NC, scale,
+            t, valid, ig, log_f, to_end, episode,
+        )  # fmt: skip
         q = tl.load(q_ptr + bh * T * Dk + t[:, None] * Dk + dk[None, :],
                     mask=valid[:, None] & mk[None, :], other=0.0).to(tl.float32)  # fmt: skip
         dh = tl.load(dh_ptr + bh * T * Dv + t[:, None] * Dv + dv[None, :],
@@ -236,9 +267,7 @@ def _bwd_states_kernel(
         qw = q * w_state[:, None]
         dC = keep * dC + dot(tl.trans(qw), dh * inv_den[:, None], IEEE)
         dn = keep * dn + tl.sum(qw * beta[:, None], 0)
-    tl.store(dC0_ptr + bh * Dk * Dv + tile, dC, mask=mk[:, None] & mv[None, :])
-    if pid_v == 0:
-        tl.store(dn0_ptr + bh * Dk + dk, dn, mask=mk)
+    _store_state_tile(dC0_ptr, dn0_ptr, bh, dk, mk, tile, tile_mask, Dk, Dv, pid_v, dC, dn)
 
 
 @triton.jit
@@ -257,15 +286,11 @@ def _bwd_chunk_kernel(
         i_ptr, f_ptr, r_ptr, bh, b, c, T, L, HAS_RESETS
     )
     log_d = _log_decay_matrix(ig, log_f, valid, episode, L)
-    m_in = tl.load(ms_ptr + bh * (NC + 1) + c)
-    m_next = tl.load(ms_ptr + bh * (NC + 1) + c + 1)
-    w_end, _ = _chunk_end_weights(ig, to_end, valid, episode, tl.sum(log_f, 0) + m_in, m_next)
-    m = tl.load(mt_ptr + bh * T + t, mask=valid, other=0.0)
-    log_state = tl.where(valid & (episode == 0), tl.cumsum(log_f, 0) + m_in, float("-inf"))
-    w_state = tl.exp(log_state - m) * scale
+    w_end, _, m, w_state, inv_den, beta = _bwd_chunk_weights(
+        mt_ptr, inv_den_ptr, beta_ptr, ms_ptr, bh, c, T, NC, scale,
+        t, valid, ig, log_f, to_end, episode,
+    )  # fmt: skip
     decay = tl.exp(log_d - m[:, None])  # (L, L), 0 on masked pairs
-    inv_den = tl.load(inv_den_ptr + bh * T + t, mask=valid, other=0.0)
-    beta = tl.load(beta_ptr + bh * T + t, mask=valid, other=0.0)
     state_base = (bh * NC + c) * Dk * Dv
     rows_k = bh * T * Dk + t[:, None] * Dk
     rows_v = bh * T * Dv + t[:, None] * Dv
