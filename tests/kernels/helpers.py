@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 
+import pytest
 import torch
 
 MLSTM_TORCH_BACKENDS = ("reference", "parallel", "chunkwise")
@@ -226,3 +227,15 @@ def slstm_true_units(state) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(c, n, m, h) stabilised -> (c exp(m), n exp(m), h) in float64."""
     c, n, m, h = (s.double() for s in state)
     return c * torch.exp(m), n * torch.exp(m), h
+
+
+@pytest.fixture(autouse=True)
+def nan_filled_outputs():
+    """Autouse fixture for the Triton kernel tests (import it into the test module):
+    every output buffer a kernel allocates starts as NaN, so an unwritten element fails
+    the finiteness checks."""
+    from xlstm_rl.kernels import triton_backends
+
+    triton_backends.debug_nan_outputs(True)
+    yield
+    triton_backends.debug_nan_outputs(False)

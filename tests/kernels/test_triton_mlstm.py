@@ -19,6 +19,7 @@ pytest.importorskip("triton")
 from tests.kernels.helpers import (  # noqa: E402
     TOLERANCES,
     assert_close,
+    nan_filled_outputs,  # noqa: F401 (autouse fixture: every output buffer starts as NaN)
     random_inputs,
     random_resets,
     random_state,
@@ -36,13 +37,6 @@ from xlstm_rl.kernels.mlstm.triton_step import mlstm_step_triton  # noqa: E402
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 FP32 = TOLERANCES[torch.float32]
-
-
-@pytest.fixture(autouse=True)
-def nan_filled_outputs():
-    triton_backends.debug_nan_outputs(True)
-    yield
-    triton_backends.debug_nan_outputs(False)
 
 
 def make_resets(kind: str | None, B: int, T: int) -> torch.Tensor | None:

@@ -14,6 +14,7 @@ pytest.importorskip("triton")
 from tests.kernels.helpers import (  # noqa: E402
     TOLERANCES,
     assert_close,
+    nan_filled_outputs,  # noqa: F401 (autouse fixture: every output buffer starts as NaN)
     random_resets,
     random_slstm_inputs,
     random_slstm_state,
@@ -24,20 +25,12 @@ from xlstm_rl.kernels import (  # noqa: E402
     slstm_sequence_reference,
     slstm_step,
     slstm_step_reference,
-    triton_backends,
 )
 from xlstm_rl.kernels.slstm.triton_sequence import slstm_sequence_triton  # noqa: E402
 from xlstm_rl.kernels.slstm.triton_step import slstm_step_triton  # noqa: E402
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 FP32 = TOLERANCES[torch.float32]
-
-
-@pytest.fixture(autouse=True)
-def nan_filled_outputs():
-    triton_backends.debug_nan_outputs(True)
-    yield
-    triton_backends.debug_nan_outputs(False)
 
 
 # (B, T, H, Dh, resets, initial state)
