@@ -26,7 +26,7 @@ import gymnasium as gym
 import numpy as np
 from gymnasium import spaces
 
-from xlstm_rl.envs.validation import check_int
+from xlstm_rl.envs.validation import check_int, check_step
 
 MAX_MEMORY_LENGTH = 1_000_000
 MAX_NUM_BITS = 1024
@@ -71,11 +71,7 @@ class MemoryLengthEnv(gym.Env[np.ndarray, int]):
         return self._observation(), {}
 
     def step(self, action: int) -> tuple[np.ndarray, float, bool, bool, dict[str, Any]]:
-        if self._done:
-            raise RuntimeError("step() called on a finished episode; call reset() first")
-        action = int(action)
-        if not self.action_space.contains(action):
-            raise ValueError(f"invalid action {action} for {self.action_space}")
+        action = check_step(self._done, action, self.action_space)
         if self._t < self.memory_length:
             self._t += 1
             return self._observation(), 0.0, False, False, {}

@@ -37,7 +37,7 @@ import gymnasium as gym
 import numpy as np
 from gymnasium import spaces
 
-from xlstm_rl.envs.validation import check_int
+from xlstm_rl.envs.validation import check_int, check_step
 
 LEFT, RIGHT, FORWARD = 0, 1, 2
 MAX_CORRIDOR_LENGTH = 1_000_000
@@ -94,11 +94,7 @@ class TMazeEnv(gym.Env[np.ndarray, int]):
         return self._observation(), {}
 
     def step(self, action: int) -> tuple[np.ndarray, float, bool, bool, dict[str, Any]]:
-        if self._done:
-            raise RuntimeError("step() called on a finished episode; call reset() first")
-        action = int(action)
-        if not self.action_space.contains(action):
-            raise ValueError(f"invalid action {action} for {self.action_space}")
+        action = check_step(self._done, action, self.action_space)
         self._steps += 1
 
         if self._position == self.corridor_length and action in (LEFT, RIGHT):

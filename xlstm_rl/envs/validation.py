@@ -1,4 +1,5 @@
-"""Checks shared by the envs layer: integer arguments and agent-encodable spaces."""
+"""Checks shared by the envs layer: integer arguments, step actions and agent-encodable
+spaces."""
 
 from __future__ import annotations
 
@@ -17,6 +18,17 @@ def check_int(name: str, value: Any, low: int, high: int) -> int:
     if not low <= value <= high:
         raise ValueError(f"{name} must be in [{low}, {high}], got {value}")
     return int(value)
+
+
+def check_step(done: bool, action: Any, action_space: spaces.Space) -> int:
+    """Return ``action`` as an int for a step: RuntimeError if the episode is finished,
+    ValueError if the action is not in ``action_space``."""
+    if done:
+        raise RuntimeError("step() called on a finished episode; call reset() first")
+    action = int(action)
+    if not action_space.contains(action):
+        raise ValueError(f"invalid action {action} for {action_space}")
+    return action
 
 
 def is_supported_space(space: spaces.Space) -> bool:
