@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from xlstm_rl.cores import build_core
+from xlstm_rl.kernels import mlstm_sequence
 
 B, T, HIDDEN, B_STEP, RESET_RATE = 64, 128, 128, 16, 0.02
 
@@ -117,6 +118,26 @@ def main() -> None:
     print(
         f"reference loop / mLSTM chunkwise (train pass): "
         f"{rows['mlstm (reference loop)'][0] / chunk:.1f}x  (target >= 5x)"
+    )
+
+    # the cell alone, without the block's projections, norms and feed-forward
+    H, dqk, dv = 4, HIDDEN // 8, HIDDEN // 4  # the block's default head sizes
+    q, k = (torch.randn(B, H, T, dqk, requires_grad=True) for _ in range(2))
+    v = torch.randn(B, H, T, dv, requires_grad=True)
+    i = torch.randn(B, H, T, requires_grad=True)
+    f = (torch.randn(B, H, T) + 3).requires_grad_()
+    cell_ms = {}
+    for backend in ("chunkwise", "reference"):
+
+        def cell_pass(backend=backend):
+            h, _ = mlstm_sequence(q, k, v, i, f, resets=resets, backend=backend, chunk_size=16)
+            h.square().mean().backward()
+
+        cell_ms[backend] = timeit(cell_pass, max(3, args.repeats // 2))
+    print(
+        f"mLSTM cell alone (kernel layer, fwd+bwd): chunkwise {cell_ms['chunkwise']:.1f} ms, "
+        f"reference loop {cell_ms['reference']:.1f} ms, "
+        f"ratio {cell_ms['reference'] / cell_ms['chunkwise']:.1f}x"
     )
 
     mlstm = build_core("mlstm", HIDDEN, HIDDEN)
