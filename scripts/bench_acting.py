@@ -6,8 +6,8 @@ For each core, starts from the initial state with B rows, advances it by calling
 ``step`` until t = 10, 100, 1,000 and 10,000 steps into one episode, and times
 ``--steps`` further steps there (best of ``--repeats``, in ms per step for the whole
 batch). State bytes are per row. The recurrent cores carry a fixed-size state, so
-their cost should not depend on t. The transformer's state is a cache of its last
-``memory_len`` (W) layer inputs: a second table times it at several windows, with
+their cost should not depend on t. The transformer's state caches the keys and
+values of its last ``memory_len`` (W) layer inputs: a second table times it at several windows, with
 the cache full (filled with random activations, valid everywhere, as at any t >= W),
 which is what attending over the whole episode would cost at t = W.
 Prints Markdown tables.

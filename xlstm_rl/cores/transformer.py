@@ -1,12 +1,13 @@
 """Gated Transformer-XL-style memory core (GTrXL): attention over a cache of past activations.
 
 Batch-first: x (B, T, input_size) -> y (B, T, hidden_size). Each layer keeps the
-last `memory_len` inputs it saw as its state (`mem`, (B, W, d)) with a validity
-mask (`valid`, (B, W)). A query attends to itself and the W items before it, with
+keys and values of the last `memory_len` inputs it saw as its state (`k`, `v`,
+(B, W, H, dh)) with a validity mask (`valid`, (B, W)), so a step projects only the
+new input. A query attends to itself and the W items before it, with
 a learned bias per head and distance, never across an episode start. Residuals
 are GRU-type gates biased towards the identity (Parisotto et al., 2020). The
-acting cost grows with W up to the window and then stays flat; the memory it
-holds is W * d floats per layer and row.
+acting cost is set by the window W (attention over W cached keys); the memory it
+holds is 2 * W * d floats per layer and row.
 """
 
 from __future__ import annotations
@@ -53,13 +54,15 @@ class GTrXLLayer(nn.Module):
         self.ffn = nn.Sequential(nn.Linear(d, width), nn.ReLU(), nn.Linear(width, d))
         self.gate_ffn = GRUGate(d)
 
-    def forward(self, x, mem, valid, resets):
-        """x (B, T, d), mem (B, W, d), valid (B, W) -> y (B, T, d), new mem and valid."""
+    def forward(self, x, k_mem, v_mem, valid, resets):
+        """x (B, T, d); the cache k_mem, v_mem (B, W, H, dh) of the last W inputs' keys and
+        values, valid (B, W) -> y (B, T, d), new k_mem, v_mem and valid."""
         B, T, d = x.shape
         W, H = self.memory_len, self.num_heads
-        seq = torch.cat([mem, x], dim=1)  # (B, W + T, d): keys in time order
-        q, k, v = self.qkv(self.norm_attn(seq)).unflatten(-1, (3, H, d // H)).unbind(2)
-        q = q[:, W:]  # queries only for the new steps
+        # only the new steps are projected: the cache holds its keys and values already
+        q, k_new, v_new = self.qkv(self.norm_attn(x)).unflatten(-1, (3, H, d // H)).unbind(2)
+        k = torch.cat([k_mem.to(x.dtype), k_new], dim=1)  # (B, W + T, H, dh), time order
+        v = torch.cat([v_mem.to(x.dtype), v_new], dim=1)
 
         query_pos = torch.arange(T, device=x.device)[:, None] + W
         key_pos = torch.arange(W + T, device=x.device)[None, :]
@@ -86,12 +89,12 @@ class GTrXLLayer(nn.Module):
         x = self.gate_attn(x, F.relu(self.out(attn)))
         x = self.gate_ffn(x, F.relu(self.ffn(self.norm_ffn(x))))
 
-        # the new cache: the last W layer inputs, valid if still in the current episode
+        # the new cache: the last W keys and values, valid if still in the current episode
         last_episode = episode[:, -1:]  # (B, 1)
         new_valid = key_alive & (
             (key_episode == last_episode) | ((last_episode == 0) & (key_pos < W))
         )
-        return x, seq[:, -W:], new_valid[:, -W:].to(mem.dtype)
+        return x, k[:, -W:], v[:, -W:], new_valid[:, -W:].to(valid.dtype)
 
 
 class TransformerCore(MemoryCore):
@@ -120,8 +123,10 @@ class TransformerCore(MemoryCore):
 
     def _state_shapes(self):
         shapes = {}
+        heads = self.layers[0].num_heads
         for n in range(len(self.layers)):
-            shapes[f"layer{n}/mem"] = (self.memory_len, self.hidden_size)
+            kv = (self.memory_len, heads, self.hidden_size // heads)
+            shapes[f"layer{n}/k"] = shapes[f"layer{n}/v"] = kv
             shapes[f"layer{n}/valid"] = (self.memory_len,)
         return shapes
 
@@ -130,8 +135,8 @@ class TransformerCore(MemoryCore):
         new = {}
         for n, layer in enumerate(self.layers):
             s = state[f"layer{n}"]
-            x, mem, valid = layer(x, s["mem"], s["valid"], resets)
-            new[f"layer{n}"] = {"mem": mem, "valid": valid}
+            x, k, v, valid = layer(x, s["k"], s["v"], s["valid"], resets)
+            new[f"layer{n}"] = {"k": k, "v": v, "valid": valid}
         return self.norm_out(x), TensorDict(new, batch_size=state.batch_size)
 
     def _step(self, x, state, reset):
