@@ -63,6 +63,11 @@ class CausalConv(nn.Module):
         """x (B, T, d), buffer (B, K - 1, d) -> y (B, T, d), new buffer."""
         B, T, _ = x.shape
         K = self.kernel_size
+        if T == 1:  # the acting path: one window, the buffer emptied where a row resets
+            if resets is not None:
+                buffer = buffer * (~resets).to(buffer.dtype)[:, :, None]
+            window = torch.cat([buffer.to(x.dtype), x], dim=1)  # (B, K, d)
+            return (window * self.weight).sum(1, keepdim=True) + self.bias, window[:, 1:]
         padded = torch.cat([buffer.to(x.dtype), x], dim=1)  # (B, K - 1 + T, d)
         episode = None
         if resets is not None:
