@@ -1,4 +1,3 @@
-import pytest
 import torch
 
 from xlstm_rl.agents.checkpoint import record_episodes
@@ -6,15 +5,6 @@ from xlstm_rl.agents.policy import Policy
 from xlstm_rl.agents.rollout import Collector
 from xlstm_rl.config import load_config
 from xlstm_rl.envs import make_vector_env
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # Tests of tiny models run fastest, and most repeatably, on one thread.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def tiny_config(tmp_path, **overrides):

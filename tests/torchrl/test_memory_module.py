@@ -18,15 +18,6 @@ TOL = {torch.float64: dict(rtol=1e-9, atol=1e-9), torch.float32: dict(rtol=1e-5,
 B, T, IN, HID = 3, 11, 5, 8
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny tensors: extra intra-op threads only add synchronisation (and stall on a busy CPU)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def make(name, dtype=torch.float64, **keys):
     torch.manual_seed(0)
     core = build_core(name, IN, HID, **OPTIONS.get(name, {}))

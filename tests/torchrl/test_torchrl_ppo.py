@@ -31,15 +31,6 @@ TOL = dict(rtol=1e-5, atol=1e-5)  # float32, sequence form vs step form
 RECORDED = ("logits", "actor_features", "critic_features", "action_log_prob")
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny tensors: extra intra-op threads only add synchronisation (and stall on a busy CPU)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def build(core_name, seed=0):
     torch.manual_seed(seed)
     options = {"num_heads": 2} if core_name in ("mlstm", "slstm", "xlstm") else {}
