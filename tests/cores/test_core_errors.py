@@ -41,7 +41,7 @@ def test_resets_must_be_bool_and_shaped(name):
     state = core.initial_state(3)
     with pytest.raises(TypeError, match="bool"):
         core(torch.randn(3, 4, 5), state, torch.zeros(3, 4))
-    with pytest.raises(ValueError, match=r"\(B, T\)"):
+    with pytest.raises(ValueError, match=r"resets must have shape \(B=3, T=4\)"):
         core(torch.randn(3, 4, 5), state, torch.zeros(3, 5, dtype=torch.bool))
     with pytest.raises(TypeError, match="bool"):
         core.step(torch.randn(3, 5), state, torch.zeros(3, dtype=torch.int64))

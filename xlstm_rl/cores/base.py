@@ -13,6 +13,8 @@ import torch
 from tensordict import TensorDict
 from torch import nn
 
+from xlstm_rl.kernels.validate import check_mask
+
 
 class MemoryCore(nn.Module):
     """Base class: subclasses implement `_state_shapes`, `_forward` and `_step`."""
@@ -48,7 +50,7 @@ class MemoryCore(nn.Module):
         """Run over a sequence: x (B, T, input_size) -> y (B, T, output_size), new state."""
         self._check_x(x, seq=True)
         B, T = x.shape[:2]
-        _check_mask("resets", resets, (B, T), "(B, T)")
+        check_mask("resets", resets, (B, T), "B T")
         self._check_state(state, B)
         return self._forward(x, state, resets)
 
@@ -56,7 +58,7 @@ class MemoryCore(nn.Module):
         """One step: x (B, input_size) -> y (B, output_size), new state."""
         self._check_x(x, seq=False)
         B = x.shape[0]
-        _check_mask("reset", reset, (B,), "(B,)")
+        check_mask("reset", reset, (B,), "B")
         self._check_state(state, B)
         return self._step(x, state, reset)
 
@@ -119,16 +121,6 @@ def _nest(leaves: dict[str, torch.Tensor]) -> dict:
             node = node.setdefault(part, {})
         node[leaf] = value
     return nested
-
-
-def _check_mask(name: str, mask, shape: tuple, names: str) -> None:
-    if mask is None:
-        return
-    if not isinstance(mask, torch.Tensor) or mask.dtype != torch.bool:
-        got = mask.dtype if isinstance(mask, torch.Tensor) else type(mask).__name__
-        raise TypeError(f"{name} must be a bool tensor of shape {names}, got {got}")
-    if tuple(mask.shape) != shape:
-        raise ValueError(f"{name} must have shape {names} = {shape}, got {tuple(mask.shape)}")
 
 
 def reset_rows(state: TensorDict, reset: torch.Tensor | None) -> TensorDict:

@@ -36,7 +36,9 @@ def check_mask(name: str, mask: torch.Tensor | None, expected: tuple, names: str
         return
     if not isinstance(mask, torch.Tensor) or mask.dtype != torch.bool:
         got = mask.dtype if isinstance(mask, torch.Tensor) else type(mask).__name__
-        raise TypeError(f"{name} must be a bool tensor of shape {names.split()}, got {got}")
+        raise TypeError(
+            f"{name} must be a bool tensor of shape ({', '.join(names.split())}), got {got}"
+        )
     check_shape(name, mask, expected, names)
 
 
