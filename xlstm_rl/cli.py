@@ -2,7 +2,8 @@
 
     xlstm-rl train [--config configs/default.yaml] [--resume CHECKPOINT] [--key value ...]
     xlstm-rl evaluate CHECKPOINT [--episodes N] [--seed S] [--stochastic] [--json PATH]
-    xlstm-rl suite SUITE.yaml [--workers N] [--out DIR] [--retry-failed] [--key value ...]
+    xlstm-rl suite SUITE.yaml [--workers N] [--out DIR] [--retry-failed]
+                   [--envs NAME ...] [--cores CORE ...] [--seeds SEED ...] [--key value ...]
     xlstm-rl report DIR
 
 Overrides are dotted config keys: ``--ppo.lr 1e-3``, ``--env.kwargs.corridor_length 20``,
@@ -12,6 +13,7 @@ Overrides are dotted config keys: ``--ppo.lr 1e-3``, ``--env.kwargs.corridor_len
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import sys
 from pathlib import Path
@@ -73,6 +75,9 @@ def _suite(args: argparse.Namespace, extra: list[str]) -> int:
         workers=args.workers,
         overrides=parse_overrides(extra),
         retry_failed=args.retry_failed,
+        envs=args.envs,
+        cores=args.cores,
+        seeds=args.seeds,
     )
     return 1 if outcome.failed else 0
 
@@ -89,6 +94,8 @@ def _report(args: argparse.Namespace, extra: list[str]) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="xlstm-rl", description=__doc__.split("\n")[0])
     commands = parser.add_subparsers(dest="command", required=True)
+    # no abbreviations: an override such as --seed must never be read as --seeds
+    commands.add_parser = functools.partial(commands.add_parser, allow_abbrev=False)
 
     train = commands.add_parser(
         "train",
@@ -119,6 +126,9 @@ def build_parser() -> argparse.ArgumentParser:
     suite.add_argument("--workers", type=int, default=1, help="runs at once (default 1)")
     suite.add_argument("--out", type=Path, help="output dir (default runs/suites/<name>)")
     suite.add_argument("--retry-failed", action="store_true", help="rerun failed runs")
+    suite.add_argument("--envs", nargs="+", metavar="NAME", help="run only these envs (names)")
+    suite.add_argument("--cores", nargs="+", metavar="CORE", help="run only these cores")
+    suite.add_argument("--seeds", nargs="+", type=int, metavar="SEED", help="only these seeds")
     suite.set_defaults(run=_suite)
 
     report = commands.add_parser("report", help="rebuild a suite's report from finished runs")

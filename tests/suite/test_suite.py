@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from xlstm_rl.cli import main
+from xlstm_rl.config import ConfigError
 from xlstm_rl.suite import build_report, load_suite, run_suite
 from xlstm_rl.suite.spec import suite_from_dict
 
@@ -82,6 +83,38 @@ def test_resume_skips_finished_runs_and_finishes_interrupted_ones(smoke):
     assert outcome.ran == [interrupted] and len(outcome.skipped) == 7
     result = json.loads(results[interrupted].read_text())
     assert result["status"] == "ok" and result["global_step"] == 384
+
+
+def test_cli_runs_only_the_chosen_part_of_the_matrix(smoke, capsys):
+    out, _ = smoke
+    suite = load_suite(SMOKE)
+    chosen, other = "TMaze-4/gru/seed1", "RepeatPreviousEasy/mlstm/seed2"
+    paths = {spec.key: spec.run_dir(out) / "result.json" for spec in suite.runs()}
+    paths[chosen].unlink()
+    paths[other].unlink()
+    argv = ["suite", str(SMOKE), "--out", str(out), "--envs", "TMaze-4", "--cores", "gru"]
+    assert main([*argv, "--seeds", "1", "--eval_episodes", "4"]) == 0
+    assert "1 runs to do, 0 finished" in capsys.readouterr().out
+    assert paths[chosen].is_file() and not paths[other].is_file()
+    assert "Runs finished: 7 of 8" in (out / "report" / "report.md").read_text()
+    # the rest of the matrix is still there to finish
+    outcome = run_suite(SMOKE, out, workers=2, echo=quiet, report=False)
+    assert outcome.ran == [other] and len(outcome.skipped) == 7
+
+
+def test_subset_keeps_order_and_names_unknown_entries():
+    suite = load_suite(SMOKE)
+    part = suite.subset(envs=["RepeatPreviousEasy"], seeds=[2])
+    assert [e.name for e in part.envs] == ["RepeatPreviousEasy"] and part.cores == suite.cores
+    assert [spec.key for spec in part.runs()] == [
+        "RepeatPreviousEasy/mlstm/seed2",
+        "RepeatPreviousEasy/gru/seed2",
+    ]
+    assert suite.subset() == suite
+    with pytest.raises(ConfigError, match=r"cores \['lsmt'\] not in suite 'smoke'; valid"):
+        suite.subset(cores=["lsmt"])
+    with pytest.raises(ConfigError, match=r"seeds \[7\]"):
+        suite.subset(seeds=[7])
 
 
 def test_report_rebuilds_from_finished_runs(smoke, capsys):

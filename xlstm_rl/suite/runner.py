@@ -116,11 +116,15 @@ def run_suite(
     retry_failed: bool = False,
     report: bool = True,
     echo=print,
+    envs: list[str] | None = None,
+    cores: list[str] | None = None,
+    seeds: list[int] | None = None,
 ) -> SuiteOutcome:
     """Run every unfinished run of ``suite`` (a YAML path or SuiteSpec), then the report.
 
     ``overrides`` (dotted keys) apply to every run, after the suite's own; ``out``
-    defaults to ``runs/suites/<name>``.
+    defaults to ``runs/suites/<name>``. ``envs``, ``cores`` and ``seeds`` run only part
+    of the matrix (None: all); the report still covers every finished run under ``out``.
     """
     if workers < 1:
         raise ValueError(f"workers must be >= 1, got {workers}")
@@ -128,6 +132,7 @@ def run_suite(
     if not isinstance(suite, SuiteSpec):
         source = Path(suite)
         suite = load_suite(source)
+    selected = suite.subset(envs, cores, seeds)  # a bad name fails before anything is written
     out = Path(out) if out is not None else Path("runs/suites") / suite.name
     out.mkdir(parents=True, exist_ok=True)
     if source is not None:
@@ -138,7 +143,7 @@ def run_suite(
 
     outcome = SuiteOutcome(out=out)
     todo = []
-    for spec in suite.runs(overrides):
+    for spec in selected.runs(overrides):
         if _prepare(spec, suite, out, retry_failed):
             todo.append(spec)
         else:

@@ -22,6 +22,7 @@ env's overrides, the core's overrides, the command line's overrides, and the see
 from __future__ import annotations
 
 import copy
+import dataclasses
 import os
 import re
 from dataclasses import dataclass, field
@@ -128,6 +129,34 @@ class SuiteSpec:
                     load_config(data)  # a bad key fails here, before any run starts
                     runs.append(RunSpec(env.name, core, seed, data))
         return runs
+
+    def subset(
+        self,
+        envs: list[str] | None = None,
+        cores: list[str] | None = None,
+        seeds: list[int] | None = None,
+    ) -> SuiteSpec:
+        """The same suite restricted to some envs (by name), cores and seeds.
+
+        None keeps all; a name not in the suite is a ConfigError listing the valid ones.
+        """
+
+        def pick(kind: str, chosen, valid: list) -> list:
+            if chosen is None:
+                return list(valid)
+            unknown = [c for c in chosen if c not in valid]
+            _check(not unknown, f"{kind} {unknown} not in suite {self.name!r}; valid: {valid}")
+            return [v for v in valid if v in chosen]
+
+        env_names = pick("envs", envs, [e.name for e in self.envs])
+        kept_cores = pick("cores", cores, self.cores)
+        return dataclasses.replace(
+            self,
+            envs=[e for e in self.envs if e.name in env_names],
+            cores=kept_cores,
+            seeds=pick("seeds", seeds, self.seeds),
+            core_overrides={k: v for k, v in self.core_overrides.items() if k in kept_cores},
+        )
 
     def env_entry(self, name: str) -> EnvEntry:
         return next(e for e in self.envs if e.name == name)
