@@ -31,7 +31,7 @@ SUMMARY_COLUMNS = (
     "env", "core", "seeds_ok", "seeds_failed",
     "eval_return_mean", "eval_return_ci95",
     "eval_success_mean", "eval_success_ci95",
-    "mmer_mean", "mmer_ci95",
+    "mmer_mean", "mmer_ci95", "env_steps", "wall_time_s_mean",
 )  # fmt: skip
 
 
@@ -113,11 +113,20 @@ def aggregate(runs: list[Run], suite: SuiteSpec) -> list[dict[str, Any]]:
             ret, ret_ci = mean_ci([r.final("return_mean") for r in ok])
             succ, succ_ci = mean_ci([r.final("success_rate") for r in ok])
             mm, mm_ci = mean_ci(mmer)
+            wall, _ = mean_ci([float(r.result.get("wall_time_s", "nan")) for r in ok])
             rows.append(dict(zip(SUMMARY_COLUMNS, (
                 env.name, core, len(ok), len(group) - len(ok),
-                ret, ret_ci, succ, succ_ci, mm, mm_ci,
+                ret, ret_ci, succ, succ_ci, mm, mm_ci, steps_label(ok), wall,
             ))))  # fmt: skip
     return rows
+
+
+def steps_label(runs: list[Run]) -> str:
+    """The env steps the runs trained for: one number, or min-max if they differ."""
+    steps = sorted({int(r.result["global_step"]) for r in runs if "global_step" in r.result})
+    if not steps:
+        return ""
+    return str(steps[0]) if len(steps) == 1 else f"{steps[0]}-{steps[-1]}"
 
 
 def per_core_summary(runs: list[Run], suite: SuiteSpec) -> dict[str, tuple[float, float, int]]:
@@ -162,14 +171,16 @@ def render_markdown(suite: SuiteSpec, runs: list[Run], rows: list[dict], plots: 
     expected = len(suite.envs) * len(suite.cores) * len(suite.seeds)
     failed = [r for r in runs if not r.ok]
     budget = suite.base.get("total_steps", "see the suite file")
+    trained = steps_label([r for r in runs if r.ok]) or "none yet"
     lines = [
         f"# Suite `{suite.name}`",
         "",
         suite.description.strip(),
         "",
         f"Runs finished: {len(runs)} of {expected} ({len(failed)} failed). Seeds: "
-        f"{', '.join(map(str, suite.seeds))}. Base budget: {budget} env steps per run "
-        "(env overrides in `suite.yaml` may change it).",
+        f"{', '.join(map(str, suite.seeds))}. Budget in the suite file: {budget} env steps "
+        f"per run (env overrides may change it); the finished runs trained for {trained} "
+        "env steps (the *env steps* column; a command-line override sets it).",
         "",
         "Each cell is the mean over seeds ± the half-width of a 95% Student-t interval "
         "(no interval with one seed). *Eval* is the final evaluation on held-out seeds "
@@ -185,11 +196,13 @@ def render_markdown(suite: SuiteSpec, runs: list[Run], rows: list[dict], plots: 
             row["env"], row["core"], f"{row['seeds_ok']}/{row['seeds_ok'] + row['seeds_failed']}",
             fmt(row["eval_return_mean"], row["eval_return_ci95"]),
             fmt(row["eval_success_mean"], row["eval_success_ci95"], 2),
-            fmt(row["mmer_mean"], row["mmer_ci95"]),
+            fmt(row["mmer_mean"], row["mmer_ci95"]), row["env_steps"] or "-",
+            "-" if math.isnan(row["wall_time_s_mean"]) else f"{row['wall_time_s_mean']:.0f}",
         ]
         for row in rows
     ]  # fmt: skip
-    lines += _table(["env", "core", "seeds ok", "eval return", "eval success", "MMER"], table)
+    header = ["env", "core", "seeds ok", "eval return", "eval success", "MMER", "env steps"]
+    lines += _table([*header, "wall s"], table)
     summary = per_core_summary(runs, suite)
     lines += ["", "## Per core, mean over environments", ""]
     lines += [
