@@ -40,6 +40,12 @@ def check_report(out: Path, suite) -> None:
         assert png.read_bytes()[:8] == PNG_MAGIC and png.stat().st_size > 1000
     assert (out / "report" / "summary.png").read_bytes()[:8] == PNG_MAGIC
     assert "95% Student-t interval" in report and "MMER" in report
+    floors = json.loads((out / "report" / "random_floor.json").read_text())
+    assert sorted(floors) == sorted(env.name for env in suite.envs)
+    for env in suite.envs:
+        floor = floors[env.name]
+        assert floor["episodes"] == 200 and floor["env"]["id"] == env.id
+        assert f"| {env.name} | {floor['return_mean']:.3f} ± " in report
     with (out / "report" / "summary.csv").open() as f:
         rows = list(csv.DictReader(f))
     assert len(rows) == len(suite.envs) * len(suite.cores)

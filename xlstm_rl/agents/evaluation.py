@@ -113,6 +113,48 @@ def evaluate_policy(
     }
 
 
+def evaluate_random(
+    env_id: str,
+    episodes: int,
+    seed: int = 0,
+    env_module: str | None = None,
+    env_kwargs: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """The random-policy floor: uniformly random actions, on the same held-out seeds.
+
+    Same keys and success rule as ``evaluate_policy`` (episode j reset with seed
+    ``seed + EVAL_SEED_OFFSET + j``; actions drawn from the action space seeded with
+    ``seed``). An env that never ends an episode would loop forever: every env we
+    ship terminates or truncates.
+    """
+    if episodes < 1:
+        raise ValueError(f"episodes must be >= 1, got {episodes}")
+    env = make_env(env_id, env_module=env_module, **(env_kwargs or {}))
+    env.action_space.seed(seed)
+    first_seed = seed + EVAL_SEED_OFFSET
+    returns, lengths, successes = [], [], []
+    for j in range(episodes):
+        env.reset(seed=first_seed + j)
+        total, length, done, info = 0.0, 0, False, {}
+        while not done:
+            _, reward, terminated, truncated, info = env.step(env.action_space.sample())
+            total, length, done = total + float(reward), length + 1, terminated or truncated
+        returns.append(total)
+        lengths.append(length)
+        success = info.get("success")
+        successes.append(bool(success) if success is not None else total > 0)
+    env.close()
+    return {
+        "episodes": episodes,
+        "return_mean": float(np.mean(returns)),
+        "return_std": float(np.std(returns)),
+        "length_mean": float(np.mean(lengths)),
+        "success_rate": float(np.mean(successes)),
+        "first_seed": first_seed,
+        "policy": "random",
+    }
+
+
 def policy_from_checkpoint(path: str | os.PathLike, device: str = "cpu"):
     """(policy, config) rebuilt from a checkpoint."""
     payload = load_checkpoint(path)

@@ -53,7 +53,10 @@ def seed_band(curves: list[list[tuple[int, float]]], window: int):
     return grid, mean, half
 
 
-def plot_curves(report_dir: Path, suite: SuiteSpec, runs, env: str) -> Path:
+def plot_curves(
+    report_dir: Path, suite: SuiteSpec, runs, env: str, floor: float | None = None
+) -> Path:
+    """Training return per core (seed mean, 95% band); ``floor``: the random policy's return."""
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(7, 4))
     for core in suite.cores:
@@ -66,6 +69,8 @@ def plot_curves(report_dir: Path, suite: SuiteSpec, runs, env: str) -> Path:
         (line,) = ax.plot(steps, mean, label=core)
         ax.fill_between(steps, mean - half, mean + half, color=line.get_color(), alpha=0.2)
     ax.set(title=f"{suite.name}: {env}", xlabel="env steps", ylabel="training return")
+    if ax.lines and floor is not None:
+        ax.axhline(floor, color="gray", linestyle=":", linewidth=1, label="random policy")
     if ax.lines:
         ax.legend(fontsize="small")
     else:

@@ -1,8 +1,9 @@
 """The suite report, rebuilt from finished runs: ``build_report(out)``.
 
 Writes ``out/report/``: ``report.md`` (tables), ``summary.csv`` (one row per env and
-core), ``curves_<env>.png`` (learning curves) and ``summary.png`` (bars of the final
-evaluation), plus ``horizon.png`` for suites with a ``horizon``.
+core), ``random_floor.json`` (a random policy's evaluation per env), ``curves_<env>.png``
+(learning curves) and ``summary.png`` (bars of the final evaluation), plus
+``horizon.png`` for suites with a ``horizon``.
 
 Statistics are over seeds: the mean and a 95% Student-t interval,
 mean +- t(0.975, n - 1) * sd / sqrt(n), with sd the sample standard deviation;
@@ -13,6 +14,7 @@ left out of the statistics.
 from __future__ import annotations
 
 import csv
+import json
 import math
 import os
 from dataclasses import dataclass
@@ -61,6 +63,10 @@ def fmt(mean: float, half: float, digits: int = 3) -> str:
     if math.isnan(mean):
         return "-"
     return f"{mean:.{digits}f}" if math.isnan(half) else f"{mean:.{digits}f} ± {half:.{digits}f}"
+
+
+def fmt_std(mean: float, std: float) -> str:
+    return f"{mean:.3f} ± {std:.3f}"
 
 
 @dataclass
@@ -162,12 +168,50 @@ def horizon_headline(rows: list[dict], suite: SuiteSpec) -> dict[str, Any]:
     return headline
 
 
+RANDOM_EPISODES = 200
+
+
+def random_floors(report_dir: Path, runs: list[Run], suite: SuiteSpec) -> dict[str, dict]:
+    """Per env: a uniformly random policy's eval over ``RANDOM_EPISODES`` held-out episodes.
+
+    The env's config (id, kwargs, module) is taken from a finished run, so envs with
+    none are left out. Cached in ``random_floor.json`` and recomputed when that config
+    changes.
+    """
+    from xlstm_rl.agents.evaluation import evaluate_random
+
+    path = report_dir / "random_floor.json"
+    cached = json.loads(path.read_text()) if path.is_file() else {}
+    floors = {}
+    for env in suite.envs:
+        run = next((r for r in runs if r.env == env.name and r.ok), None)
+        if run is None:
+            continue
+        env_config = run.result["config"]["env"]
+        key = {k: env_config.get(k) for k in ("id", "kwargs", "module")}
+        entry = cached.get(env.name)
+        if entry is None or entry.get("env") != key or entry["episodes"] != RANDOM_EPISODES:
+            entry = evaluate_random(
+                key["id"], RANDOM_EPISODES, env_module=key["module"], env_kwargs=key["kwargs"]
+            )
+            entry["env"] = key
+        floors[env.name] = entry
+    path.write_text(json.dumps(floors, indent=2) + "\n")
+    return floors
+
+
 def _table(header: list[str], rows: list[list[str]]) -> list[str]:
     lines = ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
     return lines + ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
 
 
-def render_markdown(suite: SuiteSpec, runs: list[Run], rows: list[dict], plots: list[str]) -> str:
+def render_markdown(
+    suite: SuiteSpec,
+    runs: list[Run],
+    rows: list[dict],
+    plots: list[str],
+    floors: dict[str, dict] | None = None,
+) -> str:
     expected = len(suite.envs) * len(suite.cores) * len(suite.seeds)
     failed = [r for r in runs if not r.ok]
     budget = suite.base.get("total_steps", "see the suite file")
@@ -203,6 +247,20 @@ def render_markdown(suite: SuiteSpec, runs: list[Run], rows: list[dict], plots: 
     ]  # fmt: skip
     header = ["env", "core", "seeds ok", "eval return", "eval success", "MMER", "env steps"]
     lines += _table([*header, "wall s"], table)
+    if floors:
+        lines += ["", "## Random-policy floor", ""]
+        lines += [
+            f"Uniformly random actions, {RANDOM_EPISODES} episodes on the same held-out "
+            "seeds as the final evaluation: mean return ± std, success rate.",
+            "",
+        ]
+        lines += _table(
+            ["env", "random return", "random success"],
+            [
+                [name, fmt_std(f["return_mean"], f["return_std"]), f"{f['success_rate']:.2f}"]
+                for name, f in floors.items()
+            ],
+        )
     summary = per_core_summary(runs, suite)
     lines += ["", "## Per core, mean over environments", ""]
     lines += [
@@ -254,10 +312,14 @@ def build_report(out: str | os.PathLike) -> Path:
     report_dir = out / "report"
     report_dir.mkdir(exist_ok=True)
     write_csv(report_dir / "summary.csv", rows, SUMMARY_COLUMNS)
-    plots = [plot_curves(report_dir, suite, runs, env.name) for env in suite.envs]
+    floors = random_floors(report_dir, runs, suite)
+    plots = [
+        plot_curves(report_dir, suite, runs, env.name, floors.get(env.name, {}).get("return_mean"))
+        for env in suite.envs
+    ]
     plots.append(plot_summary(report_dir, suite, rows))
     if suite.horizon:
         plots.append(plot_horizon(report_dir, suite, rows))
     path = report_dir / "report.md"
-    path.write_text(render_markdown(suite, runs, rows, [p.name for p in plots]))
+    path.write_text(render_markdown(suite, runs, rows, [p.name for p in plots], floors))
     return path
