@@ -172,3 +172,13 @@ def test_failed_runs_are_recorded_and_the_suite_goes_on(tmp_path, monkeypatch):
     assert "| nan/gru/seed1 | FloatingPointError at update 2" in report
     assert "| fine | gru | 1/1 |" in report and "| raises | gru | 0/1 |" in report
     assert build_report(tmp_path) == tmp_path / "report" / "report.md"
+
+
+def test_random_floor_script_prints_every_env_of_a_suite(capsys):
+    import runpy
+
+    script = runpy.run_path(str(ROOT / "scripts" / "random_floor.py"))
+    assert script["main"]([str(SMOKE), "--episodes", "5"]) == 0
+    out = capsys.readouterr().out
+    assert "random policy, 5 episodes per env, suite smoke" in out
+    assert "| TMaze-4 | " in out and "| RepeatPreviousEasy | -" in out

@@ -1,0 +1,41 @@
+"""The random-policy floor of every environment of a suite.
+
+Uniformly random actions on the held-out evaluation seeds (the same seeds as the
+final evaluation of every run), the same success rule as ``xlstm-rl evaluate``.
+Suite reports compute the same numbers for envs with finished runs; this prints
+them for a whole suite without running it.
+
+    python scripts/random_floor.py configs/suites/popgym_easy.yaml [--episodes 200]
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from xlstm_rl.agents.evaluation import evaluate_random
+from xlstm_rl.suite import load_suite
+from xlstm_rl.suite.report import RANDOM_EPISODES
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("suite", help="suite YAML")
+    parser.add_argument("--episodes", type=int, default=RANDOM_EPISODES)
+    args = parser.parse_args(argv)
+    suite = load_suite(args.suite)
+    module = (suite.base.get("env") or {}).get("module")
+    print(f"random policy, {args.episodes} episodes per env, suite {suite.name}")
+    print("| env | random return (mean ± std) | random success | mean length |")
+    print("| --- | ---: | ---: | ---: |")
+    for env in suite.envs:
+        env_module = env.overrides.get("env.module", module)
+        floor = evaluate_random(env.id, args.episodes, env_module=env_module, env_kwargs=env.kwargs)
+        print(
+            f"| {env.name} | {floor['return_mean']:.3f} ± {floor['return_std']:.3f} "
+            f"| {floor['success_rate']:.3f} | {floor['length_mean']:.1f} |"
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
