@@ -24,6 +24,17 @@ from xlstm_rl.agents.policy import Policy
 from xlstm_rl.envs import episode_info, final_observations
 
 INPUT_KEYS = ("obs", "prev_action", "prev_reward")
+STEP_KEYS = (
+    "resets",
+    "action",
+    "log_prob",
+    "value",
+    "reward",
+    "done",
+    "terminated",
+    "truncated",
+    "bootstrap_value",
+)
 
 
 class Collector:
@@ -61,60 +72,74 @@ class Collector:
 
     @torch.inference_mode()
     def _collect(self) -> tuple[TensorDict, list[dict]]:
-        policy, head, device = self.policy, self.policy.actor, self.device
-        steps, episodes = [], []
+        # Plain tensors and per-key lists inside the loop: a TensorDict per step cost more
+        # than the env step (its checks); the rollout is built once at the end.
+        policy, head, device, obs_space = (
+            self.policy,
+            self.policy.actor,
+            self.device,
+            self.obs_space,
+        )
+        carry, state = self.carry, self.state
+        inputs = {key: carry[key] for key in INPUT_KEYS}
+        episode_start = carry["episode_start"]
+        steps = {key: [] for key in (*INPUT_KEYS, *STEP_KEYS)}
+        episodes = []
         for t in range(self.rollout_len):
-            inputs = self.carry.select(*INPUT_KEYS)
-            episode_start = self.carry["episode_start"]
-            dist, value, state = policy.step(inputs, self.state, episode_start)
+            dist, value, next_state = policy.step(inputs, state, episode_start)
             action = dist.sample()
             obs, reward, terminated, truncated, infos = self.envs.step(head.to_env(action))
 
             reward = torch.as_tensor(reward, dtype=torch.float32, device=device)
             terminated = torch.as_tensor(terminated, device=device)
             truncated = torch.as_tensor(truncated, device=device) & ~terminated
-            bootstrap = torch.zeros_like(value)
+            done = terminated | truncated
+            bootstrap = None
             if truncated.any():
                 # Continue the core one step, from its pre-reset state, on the final observation.
-                final_obs = final_observations(self.envs, obs, infos)
-                final = TensorDict(
-                    obs=obs_to_tensor(self.obs_space, final_obs, device),
-                    prev_action=action,
-                    prev_reward=reward,
-                    batch_size=inputs.batch_size,
-                )
-                _, final_value, _ = policy.step(final, state, torch.zeros_like(truncated))
-                bootstrap = torch.where(truncated, final_value, bootstrap)
-            steps.append(
-                inputs.update(
-                    {
-                        "resets": episode_start,
-                        "action": action,
-                        "log_prob": dist.log_prob(action),
-                        "value": value,
-                        "reward": reward,
-                        "done": terminated | truncated,
-                        "terminated": terminated,
-                        "truncated": truncated,
-                        "bootstrap_value": bootstrap,
-                    }
-                )
-            )
-            self.state = state
-            self.carry = TensorDict(
-                obs=obs_to_tensor(self.obs_space, obs, device),
-                prev_action=action,
-                prev_reward=reward,
-                episode_start=terminated | truncated,
-                batch_size=inputs.batch_size,
-            )
+                final = {
+                    "obs": obs_to_tensor(
+                        obs_space, final_observations(self.envs, obs, infos), device
+                    ),
+                    "prev_action": action,
+                    "prev_reward": reward,
+                }
+                _, final_value, _ = policy.step(final, next_state, torch.zeros_like(truncated))
+                bootstrap = torch.where(truncated, final_value, torch.zeros_like(value))
+            record = {
+                **inputs,
+                "resets": episode_start,
+                "action": action,
+                "log_prob": dist.log_prob(action),
+                "value": value,
+                "reward": reward,
+                "done": done,
+                "terminated": terminated,
+                "truncated": truncated,
+                "bootstrap_value": torch.zeros_like(value) if bootstrap is None else bootstrap,
+            }
+            for key, column in steps.items():
+                column.append(record[key])
+            state = next_state
+            inputs = {
+                "obs": obs_to_tensor(obs_space, obs, device),
+                "prev_action": action,
+                "prev_reward": reward,
+            }
+            episode_start = done
             for episode in episode_info(infos):
                 episodes.append({**episode, "rollout_step": t})
 
-        _, last_value, _ = policy.step(
-            self.carry.select(*INPUT_KEYS), self.state, self.carry["episode_start"]
+        _, last_value, _ = policy.step(inputs, state, episode_start)
+        self.state = state
+        self.carry = TensorDict(
+            {**inputs, "episode_start": episode_start}, batch_size=carry.batch_size, device=device
         )
-        rollout = torch.stack(steps, dim=1)  # (B, T)
+        rollout = TensorDict(
+            {key: torch.stack(column, dim=1) for key, column in steps.items()},
+            batch_size=(*carry.batch_size, self.rollout_len),
+            device=device,
+        )  # (B, T)
         next_value = torch.cat([rollout["value"][:, 1:], last_value.unsqueeze(1)], dim=1)
         rollout["next_value"] = torch.where(
             rollout["truncated"], rollout["bootstrap_value"], next_value
