@@ -68,21 +68,87 @@ class CausalConv(nn.Module):
                 buffer = buffer * (~resets).to(buffer.dtype)[:, :, None]
             window = torch.cat([buffer.to(x.dtype), x], dim=1)  # (B, K, d)
             return (window * self.weight).sum(1, keepdim=True) + self.bias, window[:, 1:]
-        padded = torch.cat([buffer.to(x.dtype), x], dim=1)  # (B, K - 1 + T, d)
-        episode = None
-        if resets is not None:
-            # episode id of every padded position; buffer positions belong to episode 0
-            zeros = resets.new_zeros(B, K - 1, dtype=torch.long)
-            episode = torch.cat([zeros, resets.long().cumsum(1)], dim=1)  # (B, K - 1 + T)
-        y = self.bias.expand_as(x)
-        for tap in range(K):  # tap K - 1 is the current input, tap 0 the oldest
-            term = padded[:, tap : tap + T] * self.weight[tap]
-            if episode is not None and tap < K - 1:
-                same = episode[:, tap : tap + T] == episode[:, K - 1 :]
-                term = term * same[..., None].to(x.dtype)
-            y = y + term
-        new_buffer = padded[:, -(K - 1) :]
-        if episode is not None:  # inputs from before the last reset are gone
-            stale = episode[:, -(K - 1) :] != episode[:, -1:]
+        buffer = buffer.to(x.dtype)
+        episode = None if resets is None else resets.long().cumsum(1)  # (B, T)
+        y = _CausalConvSequence.apply(x, buffer, self.weight, self.bias, episode)
+        # the new buffer: the last K - 1 inputs, those from before the last reset zeroed
+        if T >= K - 1:
+            new_buffer, tail_episode = x[:, T - (K - 1) :], episode
+        else:
+            new_buffer = torch.cat([buffer, x], dim=1)[:, -(K - 1) :]
+            if episode is not None:
+                zeros = episode.new_zeros(B, K - 1)
+                tail_episode = torch.cat([zeros, episode], dim=1)
+        if episode is not None:
+            stale = tail_episode[:, -(K - 1) :] != episode[:, -1:]
             new_buffer = new_buffer.masked_fill(stale[..., None], 0.0)
         return y, new_buffer
+
+
+class _CausalConvSequence(torch.autograd.Function):
+    """The causal conv over a sequence: y[t] = bias + sum over lags of w[K-1-lag] x[t-lag],
+    where x[t-lag] counts only in the same episode as t (buffer entries are episode 0).
+
+    One multiply-add per tap over the whole sequence; the few pairs across an episode
+    start are taken out again by index (resets are rare), in both directions."""
+
+    @staticmethod
+    def forward(ctx, x, buffer, weight, bias, episode):
+        K, T = weight.shape[0], x.shape[1]
+        y = torch.addcmul(bias, x, weight[K - 1])  # (B, T, d)
+        crossings = []
+        for lag in range(1, K):
+            tap = K - 1 - lag
+            if lag < T:
+                y[:, lag:].addcmul_(x[:, : T - lag], weight[tap])
+            cross = None
+            if episode is not None and lag < T:
+                rows, steps = (episode[:, lag:] != episode[:, : T - lag]).nonzero(as_tuple=True)
+                y[rows, steps + lag] -= x[rows, steps] * weight[tap]
+                cross = (rows, steps)
+            crossings.append(cross)
+            held = min(lag, T)  # outputs t < lag read the buffer
+            y[:, :held].addcmul_(_buffer_part(buffer, episode, lag, held), weight[tap])
+        ctx.save_for_backward(x, buffer, weight, episode)
+        ctx.crossings = crossings
+        return y
+
+    @staticmethod
+    def backward(ctx, dy):
+        x, buffer, weight, episode = ctx.saved_tensors
+        K, T = weight.shape[0], x.shape[1]
+        dx = dy * weight[K - 1]
+        dweight = torch.empty_like(weight)
+        dweight[K - 1] = (dy * x).sum((0, 1))
+        dbuffer = torch.zeros_like(buffer) if ctx.needs_input_grad[1] else None
+        for lag, cross in zip(range(1, K), ctx.crossings):
+            tap = K - 1 - lag
+            dw = dy.new_zeros(weight.shape[1])
+            if lag < T:
+                dy_lag = dy[:, lag:]
+                dx[:, : T - lag].addcmul_(dy_lag, weight[tap])
+                dw += (dy_lag * x[:, : T - lag]).sum((0, 1))
+                if cross is not None:
+                    rows, steps = cross
+                    dy_cross = dy_lag[rows, steps]
+                    dx[rows, steps] -= dy_cross * weight[tap]
+                    dw -= (dy_cross * x[rows, steps]).sum(0)
+            held = min(lag, T)
+            dy_held = dy[:, :held]
+            dw += (dy_held * _buffer_part(buffer, episode, lag, held)).sum((0, 1))
+            if dbuffer is not None:
+                d_held = dy_held * weight[tap]
+                if episode is not None:
+                    d_held = d_held * (episode[:, :held, None] == 0)
+                dbuffer[:, K - 1 - lag : K - 1 - lag + held] += d_held
+            dweight[tap] = dw
+        return dx, dbuffer, dweight, dy.sum((0, 1)), None
+
+
+def _buffer_part(buffer, episode, lag: int, held: int) -> torch.Tensor:
+    """The buffer entries read by outputs t < held at this lag, zero past a reset."""
+    K1 = buffer.shape[1]
+    part = buffer[:, K1 - lag : K1 - lag + held]  # (B, held, d)
+    if episode is not None:
+        part = part * (episode[:, :held, None] == 0)
+    return part
