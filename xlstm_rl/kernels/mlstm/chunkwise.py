@@ -18,7 +18,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from xlstm_rl.kernels.mlstm.parallel import _selector, segment_log_decay
+from xlstm_rl.kernels.mlstm.parallel import segment_log_decay, segment_log_decay_backward
 from xlstm_rl.kernels.mlstm.reference import State, prepare
 
 # Padded steps: no input (i = -1e30 gives weight exp(-1e30 - m) = 0) and no decay.
@@ -47,14 +47,19 @@ def _unchunk(x: torch.Tensor, T: int) -> torch.Tensor:
 
 
 class _Chunkwise(torch.autograd.Function):
-    """h and the final (C, n, m) from scaled q, k, v, gates, the incoming state and resets."""
+    """h and the final (C, n, m) from scaled q, k, v, gates, the incoming state and resets.
+
+    Per chunk, one matmul gives numerator and denominator of every step:
+    [scores | w_state q] (L, L + Dk) @ [[v, 1]; [C_in, n_in]] (L + Dk, Dv + 1), where
+    w_state is the carried state's weight at each step. Its backward is two matmuls."""
 
     @staticmethod
     def forward(ctx, q, k, v, i, f, C0, n0, m0, resets, L):
         B, H, T, Dk = q.shape
+        Dv = v.shape[-1]
         NC = -(-T // L)
         pad = NC * L - T
-        q, k, v = (_chunks(x, L, pad) for x in (q, k, v))  # (B, H, NC, L, D)
+        q, k = (_chunks(x, L, pad) for x in (q, k))  # (B, H, NC, L, Dk)
         log_f = _chunks(F.logsigmoid(f), L, pad)  # (B, H, NC, L)
         log_d = segment_log_decay(log_f).add_(_chunks(i, L, pad, _NO_INPUT)[..., None, :])
         if resets is not None:
@@ -65,27 +70,30 @@ class _Chunkwise(torch.autograd.Function):
             alive = None
         decay_in = log_f.cumsum(-1)  # (B, H, NC, L): sum of log_f over [chunk start, t]
 
+        # rows s < L: [v_s, 1] (n rides along as a column of ones); rows L + j: the state
+        # entering the chunk, [C_in, n_in], written by the loop below
+        values = q.new_empty(B, H, NC, L + Dk, Dv + 1)
+        values[..., :L, :Dv] = _pad_time(v, pad, 0.0, 2).view(B, H, NC, L, Dv)
+        values[..., :L, Dv] = 1.0
+
         # each chunk's own keys and values, decayed to the chunk end (the last row of log_d)
         m_local = log_d[..., -1, :].amax(-1)  # (B, H, NC)
         w_end = torch.exp(log_d[..., -1, :] - m_local[..., None])  # (B, H, NC, L)
         kw = k * w_end[..., None]
-        kv_C, kv_n = kw.transpose(-1, -2) @ v, kw.sum(-2)  # (B, H, NC, Dk, Dv), (.., Dk)
+        kv = kw.transpose(-1, -2) @ values[..., :L, :]  # (B, H, NC, Dk, Dv + 1)
         log_keep = decay_in[..., -1]  # (B, H, NC)
         if alive is not None:
             log_keep = log_keep.masked_fill(~alive[..., -1], float("-inf"))
 
-        # carry the state across chunks: C_in[:, :, c] is the state entering chunk c
-        C_in = q.new_empty(kv_C.shape)
-        n_in = q.new_empty(kv_n.shape)
+        # carry the state across chunks
         m_in, keep, new = (q.new_empty(B, H, NC) for _ in range(3))
-        C, n, m_prev = C0, n0, m0
+        Cn, m_prev = torch.cat([C0, n0[..., None]], dim=-1), m0  # (B, H, Dk, Dv + 1)
         for c in range(NC):
-            C_in[:, :, c], n_in[:, :, c], m_in[:, :, c] = C, n, m_prev
+            values[:, :, c, L:], m_in[..., c] = Cn, m_prev
             m_next = torch.maximum(log_keep[..., c] + m_prev, m_local[..., c])
             keep[..., c] = torch.exp(log_keep[..., c] + m_prev - m_next)
             new[..., c] = torch.exp(m_local[..., c] - m_next)
-            C = keep[..., c, None, None] * C + new[..., c, None, None] * kv_C[:, :, c]
-            n = keep[..., c, None] * n + new[..., c, None] * kv_n[:, :, c]
+            Cn = keep[..., c, None, None] * Cn + new[..., c, None, None] * kv[:, :, c]
             m_prev = m_next
 
         # outputs: intra-chunk parallel form plus the carried state
@@ -94,76 +102,71 @@ class _Chunkwise(torch.autograd.Function):
             log_state.masked_fill_(~alive, float("-inf"))
         m = torch.maximum(log_d.amax(-1), log_state)  # (B, H, NC, L)
         decay = torch.exp(log_d.sub_(m[..., None]))  # (B, H, NC, L, L)
-        scores = (q @ k.transpose(-1, -2)).mul_(decay)
         w_state = torch.exp(log_state - m)
-        q_C = q @ C_in  # (B, H, NC, L, Dv)
-        q_n = (q * n_in[..., None, :]).sum(-1)  # (B, H, NC, L)
-        num = (scores @ v).addcmul_(q_C, w_state[..., None])
-        den = scores.sum(-1).addcmul_(q_n, w_state)
+        mixed = q.new_empty(B, H, NC, L, L + Dk)  # [scores | w_state q]
+        torch.mul(q @ k.transpose(-1, -2), decay, out=mixed[..., :L])
+        torch.mul(q, w_state[..., None], out=mixed[..., L:])
+        out = mixed @ values  # (B, H, NC, L, Dv + 1): numerator and denominator
+        num, den = out[..., :Dv], out[..., Dv]
         # one reciprocal per step and a broadcast multiply: cheaper than dividing every entry
         floor = torch.exp(-m)
         scale = torch.maximum(den.abs(), floor).reciprocal_()
         h = num * scale[..., None]  # (B, H, NC, L, Dv)
 
-        ctx.save_for_backward(q, k, v, f, decay, scores, w_state, w_end, kw, q_C, q_n)
-        ctx.carried = (C_in, n_in, keep, new, num, scale, den, floor)
+        ctx.save_for_backward(q, k, f, decay, mixed, values, w_state, w_end, kw, keep, new)
+        ctx.carried = (out, scale, floor)
         ctx.T = T
         ctx.mark_non_differentiable(m_prev)
-        return _unchunk(h, T), C, n, m_prev
+        return _unchunk(h, T), Cn[..., :Dv].contiguous(), Cn[..., Dv].contiguous(), m_prev
 
     @staticmethod
     def backward(ctx, dh, dC_out, dn_out, _dm):
-        q, k, v, f, decay, scores, w_state, w_end, kw, q_C, q_n = ctx.saved_tensors
-        C_in, n_in, keep, new, num, scale, den, floor = ctx.carried
+        q, k, f, decay, mixed, values, w_state, w_end, kw, keep, new = ctx.saved_tensors
+        out, scale, floor = ctx.carried
         T = ctx.T
-        L = q.shape[3]
+        L, Dv = q.shape[3], values.shape[-1] - 1
         pad = q.shape[2] * L - T
         dh = _chunks(dh, L, pad)  # (B, H, NC, L, Dv)
 
         # h = num / max(|den|, floor): the denominator's gradient passes only above the floor
-        d_num = dh * scale[..., None]
+        num, den = out[..., :Dv], out[..., Dv]
+        d_out = torch.empty_like(out)
+        torch.mul(dh, scale[..., None], out=d_out[..., :Dv])
         d_den = (dh * num).sum(-1).mul_(scale.square()).neg_()
-        d_den.mul_(den.sign()).masked_fill_(den.abs() <= floor, 0.0)  # (B, H, NC, L)
+        d_out[..., Dv] = d_den.mul_(den.sign()).masked_fill_(den.abs() <= floor, 0.0)
 
-        # intra-chunk: num = scores @ v, den = scores summed over s
-        d_scores = (d_num @ v.transpose(-1, -2)).add_(d_den[..., None])  # (B, H, NC, L, L)
-        d_qk = d_scores * decay  # gradient of the scores before the decay weights
-        d_log_d = d_scores.mul_(scores)  # gradient of the log-decay matrix
-        dq = d_qk @ k
+        # out = mixed @ values
+        d_mixed = d_out @ values.transpose(-1, -2)  # (B, H, NC, L, L + Dk)
+        d_values = mixed.transpose(-1, -2) @ d_out  # (B, H, NC, L + Dk, Dv + 1)
+        d_scores, d_wq = d_mixed[..., :L], d_mixed[..., L:]
+        d_qk = d_scores * decay  # gradient of q k^T, before the decay weights
+        dq = (d_qk @ k).addcmul_(d_wq, w_state[..., None])
         dk = d_qk.transpose(-1, -2) @ q
-        dv = scores.transpose(-1, -2) @ d_num
+        d_log_d = d_scores.mul_(mixed[..., :L])  # gradient of the log-decay matrix
+        d_log_state = (d_wq * mixed[..., L:]).sum(-1)  # (B, H, NC, L)
 
-        # the carried state: w_state * (q C_in, q . n_in)
-        wd_num = d_num * w_state[..., None]
-        wd_den = d_den * w_state
-        dq.add_(wd_num @ C_in.transpose(-1, -2)).addcmul_(wd_den[..., None], n_in[..., None, :])
-        dC_local = q.transpose(-1, -2) @ wd_num  # (B, H, NC, Dk, Dv)
-        dn_local = (q * wd_den[..., None]).sum(-2)  # (B, H, NC, Dk)
-        d_log_state = (d_num * q_C).sum(-1).add_(d_den * q_n).mul_(w_state)  # (B, H, NC, L)
-
-        # the state across chunks, backwards: C_out[c] = keep C_in[c] + new kv[c]
-        dC_next, dn_next = torch.empty_like(C_in), torch.empty_like(n_in)
-        dC, dn = dC_out, dn_out
+        # the state across chunks, backwards: Cn_out[c] = keep Cn_in[c] + new kv[c]
+        d_Cn_local = d_values[..., L:, :]  # (B, H, NC, Dk, Dv + 1)
+        d_next = torch.empty_like(d_Cn_local)
+        dCn = torch.cat([dC_out, dn_out[..., None]], dim=-1)
         for c in reversed(range(q.shape[2])):
-            dC_next[:, :, c], dn_next[:, :, c] = dC, dn
-            dC = keep[..., c, None, None] * dC + dC_local[:, :, c]
-            dn = keep[..., c, None] * dn + dn_local[:, :, c]
-        d_log_keep = (C_in * dC_next).sum((-1, -2)).add_((n_in * dn_next).sum(-1)).mul_(keep)
-        dkv_C = dC_next.mul_(new[..., None, None])
-        dkv_n = dn_next.mul_(new[..., None])
-        dkw = (v @ dkv_C.transpose(-1, -2)).add_(dkv_n[..., None, :])  # (B, H, NC, L, Dk)
+            d_next[:, :, c] = dCn
+            dCn = keep[..., c, None, None] * dCn + d_Cn_local[:, :, c]
+        d_log_keep = (values[..., L:, :] * d_next).sum((-1, -2)).mul_(keep)
+        d_kv = d_next.mul_(new[..., None, None])
+        dkw = values[..., :L, :] @ d_kv.transpose(-1, -2)  # (B, H, NC, L, Dk)
         dk.addcmul_(dkw, w_end[..., None])
-        dv.add_(kw @ dkv_C)
+        dv = (kw @ d_kv[..., :Dv]).add_(d_values[..., :L, :Dv])
         d_log_d[..., -1, :] += (dkw * kw).sum(-1)
 
         # gates: log_d[t, s] = sum of log_f over (s, t] + i[s]; log_state and log_keep
         # hold the decay from the chunk start to t and to the chunk end
         di = d_log_d.sum(-2)  # (B, H, NC, L)
-        d_log_f = d_log_d.flatten(-2) @ _selector(L, dq.dtype, dq.device).T
+        d_log_f = segment_log_decay_backward(d_log_d)
         d_log_f.add_(d_log_state.flip(-1).cumsum(-1).flip(-1)).add_(d_log_keep[..., None])
         df = d_log_f.mul_(torch.sigmoid(-_chunks(f, L, pad)))
         grads = (_unchunk(x, T) for x in (dq, dk, dv, di, df))
-        return (*grads, dC, dn, None, None, None)
+        return (*grads, dCn[..., :Dv], dCn[..., Dv], None, None, None)
 
 
 def mlstm_sequence_chunkwise(
