@@ -42,13 +42,8 @@ def prepare(q, k, v, i, f, state: State | None):
     return (q * Dk**-0.5, k, v, i, f), (C, n, m.detach()), out_dtype
 
 
-def apply_reset(state: State, reset: torch.Tensor | None) -> State:
-    """Replace the state of rows with reset[b] = True by the empty state."""
-    if reset is None:
-        return state
-    C, n, m = state
-    keep = (~reset).to(C.dtype)  # (B,)
-    return C * keep[:, None, None, None], n * keep[:, None, None], m * keep[:, None]
+def _as(x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    return x if x.dtype == dtype else x.to(dtype)
 
 
 def mlstm_step_reference(
@@ -67,26 +62,36 @@ def mlstm_step_reference(
     dt = compute_dtype(q)
     if state is None:
         state = empty_state(B, H, Dk, Dv, q.device, dt)
-    C, n, m = apply_reset(tuple(s.to(dt) for s in state), reset)
+    C, n, m = (_as(s, dt) for s in state)
     m = m.detach()  # the stabiliser carries no gradient, the incoming one neither
     out_dtype = v.dtype
-    q, k, v, i, f = (x.to(dt) for x in (q, k, v, i, f))
+    q, k, v, i, f = (_as(x, dt) for x in (q, k, v, i, f))
 
     log_f = F.logsigmoid(f)
-    m_new = torch.maximum(log_f + m, i).detach()  # the stabiliser carries no gradient
-    f_s = torch.exp(log_f + m - m_new)
+    keep = None
+    if reset is not None:
+        # A reset row starts from the empty state (C, n, m) = 0: its m is 0 and its old C
+        # and n are weighted by 0, the same as zeroing them first (the state is finite).
+        keep = (~reset).to(dt)[:, None]  # (B, 1)
+        m = m * keep
+    decayed_m = log_f + m
+    m_new = torch.maximum(decayed_m, i).detach()  # the stabiliser carries no gradient
+    f_s = torch.exp(decayed_m - m_new)
+    if keep is not None:
+        f_s = f_s * keep
     i_s = torch.exp(i - m_new)
-    C = f_s[..., None, None] * C + i_s[..., None, None] * (k[..., :, None] * v[..., None, :])
-    n = f_s[..., None] * n + i_s[..., None] * k
+    k_in = i_s[..., None] * k  # (B, H, Dk)
+    C = torch.addcmul(k_in[..., :, None] * v[..., None, :], f_s[..., None, None], C)
+    n = torch.addcmul(k_in, f_s[..., None], n)
     q_s = q / math.sqrt(Dk)
-    num = torch.einsum("bhd,bhde->bhe", q_s, C)
+    num = (q_s[..., None, :] @ C).squeeze(-2)  # (B, H, Dv)
     den = torch.maximum((q_s * n).sum(-1).abs(), torch.exp(-m_new))
     h = num / den[..., None]
     if out is not None:  # the same keyword as the Triton step, which writes in place
         for buffer, value in zip((out[0], *out[1]), (h, C, n, m_new)):
             buffer.copy_(value)
         return out
-    return h.to(out_dtype), (C, n, m_new)
+    return _as(h, out_dtype), (C, n, m_new)
 
 
 def mlstm_sequence_reference(
