@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from tensordict import TensorDict
 from torch import nn
 
+from xlstm_rl.cores.base import make_state
 from xlstm_rl.cores.layers import CausalConv, HeadNorm, SwiGLU, soft_cap
 from xlstm_rl.kernels import backends, mlstm_sequence, mlstm_step
 
@@ -117,7 +118,7 @@ class MLSTMBlock(nn.Module):
         new = {"C": C, "n": n, "m": m}
         if conv_state is not None:
             new["conv"] = conv_state
-        return TensorDict(new, batch_size=batch_size)
+        return make_state(new, batch_size)
 
     def _finish(self, x: torch.Tensor, h: torch.Tensor, o: torch.Tensor) -> torch.Tensor:
         """Per-head norm, output gate, projection, residual, then the feed-forward."""

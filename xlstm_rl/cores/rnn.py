@@ -11,7 +11,9 @@ import torch
 from tensordict import TensorDict
 from torch import nn
 
-from xlstm_rl.cores.base import MemoryCore, reset_rows
+from xlstm_rl.cores.base import MemoryCore, make_state, reset_rows
+
+_CELL_WEIGHTS = ("weight_ih", "weight_hh", "bias_ih", "bias_hh")
 
 
 class _TorchRNNCore(MemoryCore):
@@ -57,8 +59,24 @@ class _TorchRNNCore(MemoryCore):
         return torch.cat(ys, dim=1), state
 
     def _step(self, x, state, reset):
-        y, state = self._forward(x[:, None], state, None if reset is None else reset[:, None])
-        return y[:, 0], state
+        # torch's cell op per layer: the fused layer's maths at T = 1 (equal to rounding),
+        # without nn.LSTM's per-call overhead, which at B = 8 costs as much as the maths.
+        keep = None if reset is None else (~reset).to(x.dtype)[:, None]
+        rnn, new = self.rnn, {key: [] for key in self.state_keys}
+        for layer in range(self.num_layers):
+            hx = [state[key][:, layer] for key in self.state_keys]
+            if keep is not None:
+                hx = [h * keep for h in hx]
+            weights = [getattr(rnn, f"{name}_l{layer}") for name in _CELL_WEIGHTS]
+            if len(hx) == 2:
+                hx = torch.lstm_cell(x, hx, *weights)
+            else:
+                hx = (torch.gru_cell(x, hx[0], *weights),)
+            for key, h in zip(self.state_keys, hx):
+                new[key].append(h)
+            x = hx[0]
+        new = {key: torch.stack(hs, dim=1) for key, hs in new.items()}
+        return x, make_state(new, state.batch_size)
 
 
 class LSTMCore(_TorchRNNCore):

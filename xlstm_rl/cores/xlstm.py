@@ -14,7 +14,7 @@ import torch
 from tensordict import TensorDict
 from torch import nn
 
-from xlstm_rl.cores.base import MemoryCore
+from xlstm_rl.cores.base import MemoryCore, make_state
 from xlstm_rl.cores.mlstm_block import MLSTMBlock, MLSTMBlockConfig
 from xlstm_rl.cores.slstm_block import SLSTMBlock, SLSTMBlockConfig
 
@@ -82,7 +82,7 @@ class XLSTMCore(MemoryCore):
         new = {}
         for b, block in enumerate(self.blocks):
             x, new[f"block{b}"] = getattr(block, method)(x, state[f"block{b}"], resets)
-        return self.norm_out(x), TensorDict(new, batch_size=state.batch_size)
+        return self.norm_out(x), make_state(new, state.batch_size)
 
     def _forward(self, x, state, resets):
         return self._run(x, state, resets, "forward")
