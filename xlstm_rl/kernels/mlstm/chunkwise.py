@@ -61,14 +61,15 @@ class _Chunkwise(torch.autograd.Function):
         pad = NC * L - T
         q, k = (_chunks(x, L, pad) for x in (q, k))  # (B, H, NC, L, Dk)
         log_f = _chunks(F.logsigmoid(f), L, pad)  # (B, H, NC, L)
-        log_d = segment_log_decay(log_f).add_(_chunks(i, L, pad, _NO_INPUT)[..., None, :])
+        log_d = segment_log_decay(log_f)  # (B, H, NC, L, L): sum of log_f over (s, t]
+        decay_in = log_d[..., 0] + log_f[..., :1]  # (B, H, NC, L): sum over [chunk start, t]
+        log_d.add_(_chunks(i, L, pad, _NO_INPUT)[..., None, :])
         if resets is not None:
             episode = _chunks(_pad_time(resets, pad, False, 1)[:, None], L, 0).long().cumsum(-1)
             log_d.masked_fill_(episode[..., :, None] != episode[..., None, :], float("-inf"))
             alive = episode == 0  # (B, 1, NC, L): the carried state still counts at t
         else:
             alive = None
-        decay_in = log_f.cumsum(-1)  # (B, H, NC, L): sum of log_f over [chunk start, t]
 
         # rows s < L: [v_s, 1] (n rides along as a column of ones); rows L + j: the state
         # entering the chunk, [C_in, n_in], written by the loop below
@@ -85,16 +86,23 @@ class _Chunkwise(torch.autograd.Function):
         if alive is not None:
             log_keep = log_keep.masked_fill(~alive[..., -1], float("-inf"))
 
-        # carry the state across chunks
-        m_in, keep, new = (q.new_empty(B, H, NC) for _ in range(3))
-        Cn, m_prev = torch.cat([C0, n0[..., None]], dim=-1), m0  # (B, H, Dk, Dv + 1)
+        # carry the state across chunks: first the stabilisers (one scalar per head and
+        # chunk), then the states, each written straight into its chunk's rows of `values`
+        m_all = q.new_empty(B, H, NC + 1)  # m_all[..., c]: m of the state entering chunk c
+        m_all[..., 0] = m0
         for c in range(NC):
-            values[:, :, c, L:], m_in[..., c] = Cn, m_prev
-            m_next = torch.maximum(log_keep[..., c] + m_prev, m_local[..., c])
-            keep[..., c] = torch.exp(log_keep[..., c] + m_prev - m_next)
-            new[..., c] = torch.exp(m_local[..., c] - m_next)
-            Cn = keep[..., c, None, None] * Cn + new[..., c, None, None] * kv[:, :, c]
-            m_prev = m_next
+            torch.maximum(log_keep[..., c] + m_all[..., c], m_local[..., c], out=m_all[..., c + 1])
+        m_in, m_out = m_all[..., :NC], m_all[..., NC]
+        keep = torch.exp(log_keep + m_in - m_all[..., 1:])  # (B, H, NC)
+        new = torch.exp(m_local - m_all[..., 1:])  # (B, H, NC)
+        kv.mul_(new[..., None, None])
+        states = values[..., L:, :]  # (B, H, NC, Dk, Dv + 1)
+        states[:, :, 0, :, :Dv], states[:, :, 0, :, Dv] = C0, n0
+        for c in range(NC - 1):
+            torch.addcmul(
+                kv[:, :, c], states[:, :, c], keep[..., c, None, None], out=states[:, :, c + 1]
+            )
+        Cn = torch.addcmul(kv[:, :, -1], states[:, :, -1], keep[..., -1, None, None])
 
         # outputs: intra-chunk parallel form plus the carried state
         log_state = decay_in + m_in[..., None]  # (B, H, NC, L)
@@ -116,8 +124,9 @@ class _Chunkwise(torch.autograd.Function):
         ctx.save_for_backward(q, k, f, decay, mixed, values, w_state, w_end, kw, keep, new)
         ctx.carried = (out, scale, floor)
         ctx.T = T
-        ctx.mark_non_differentiable(m_prev)
-        return _unchunk(h, T), Cn[..., :Dv].contiguous(), Cn[..., Dv].contiguous(), m_prev
+        m_out = m_out.clone()
+        ctx.mark_non_differentiable(m_out)
+        return _unchunk(h, T), Cn[..., :Dv].contiguous(), Cn[..., Dv].contiguous(), m_out
 
     @staticmethod
     def backward(ctx, dh, dC_out, dn_out, _dm):
@@ -145,15 +154,19 @@ class _Chunkwise(torch.autograd.Function):
         d_log_d = d_scores.mul_(mixed[..., :L])  # gradient of the log-decay matrix
         d_log_state = (d_wq * mixed[..., L:]).sum(-1)  # (B, H, NC, L)
 
-        # the state across chunks, backwards: Cn_out[c] = keep Cn_in[c] + new kv[c]
-        d_Cn_local = d_values[..., L:, :]  # (B, H, NC, Dk, Dv + 1)
-        d_next = torch.empty_like(d_Cn_local)
-        dCn = torch.cat([dC_out, dn_out[..., None]], dim=-1)
-        for c in reversed(range(q.shape[2])):
-            d_next[:, :, c] = dCn
-            dCn = keep[..., c, None, None] * dCn + d_Cn_local[:, :, c]
-        d_log_keep = (values[..., L:, :] * d_next).sum((-1, -2)).mul_(keep)
-        d_kv = d_next.mul_(new[..., None, None])
+        # the state across chunks, backwards: state_out[c] = keep[c] state_in[c] + new[c] kv[c]
+        NC = q.shape[2]
+        d_local = d_values[..., L:, :]  # (B, H, NC, Dk, Dv + 1): from the outputs of chunk c
+        d_out_state = torch.empty_like(d_local)  # gradient of the state leaving chunk c
+        d_out_state[:, :, -1, :, :Dv], d_out_state[:, :, -1, :, Dv] = dC_out, dn_out
+        for c in range(NC - 1, 0, -1):
+            keep_c = keep[..., c, None, None]
+            torch.addcmul(
+                d_local[:, :, c], d_out_state[:, :, c], keep_c, out=d_out_state[:, :, c - 1]
+            )
+        dCn = torch.addcmul(d_local[:, :, 0], d_out_state[:, :, 0], keep[..., 0, None, None])
+        d_log_keep = (values[..., L:, :] * d_out_state).sum((-1, -2)).mul_(keep)
+        d_kv = d_out_state.mul_(new[..., None, None])
         dkw = values[..., :L, :] @ d_kv.transpose(-1, -2)  # (B, H, NC, L, Dk)
         dk.addcmul_(dkw, w_end[..., None])
         dv = (kw @ d_kv[..., :Dv]).add_(d_values[..., :L, :Dv])
