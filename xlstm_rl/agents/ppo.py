@@ -24,6 +24,8 @@ from xlstm_rl.agents.policy import Policy
 from xlstm_rl.agents.rollout import INPUT_KEYS
 from xlstm_rl.config import TrainConfig
 
+LOSS_KEYS = (*INPUT_KEYS, "resets", "action", "log_prob", "value", "advantages", "returns")
+
 
 def schedule(config: TrainConfig) -> tuple[int, int]:
     """(epochs, minibatches per epoch): PPO's settings, or a single pass for A2C."""
@@ -99,10 +101,11 @@ def update(
     ppo = config.ppo
     epochs, num_minibatches = schedule(config)
     num_envs, T = rollout.batch_size
+    data = rollout.select(*LOSS_KEYS)  # what the loss reads: fewer entries to index per minibatch
     history: list[dict[str, torch.Tensor]] = []  # one entry per optimiser step
     for _ in range(epochs):
         for envs in torch.randperm(num_envs).chunk(num_minibatches):
-            sequences, state = rollout[envs], initial_state[envs]
+            sequences, state = data[envs], initial_state[envs]
             if ppo.norm_adv:
                 advantages = sequences["advantages"]
                 sequences["advantages"] = (advantages - advantages.mean()) / (
