@@ -40,8 +40,8 @@ class _TorchRNNCore(MemoryCore):
 
     def _from_torch(self, hx, batch_size) -> TensorDict:
         hx = hx if isinstance(hx, tuple) else (hx,)
-        return TensorDict(
-            {key: h.transpose(0, 1) for key, h in zip(self.state_keys, hx)}, batch_size=batch_size
+        return make_state(
+            {key: h.transpose(0, 1) for key, h in zip(self.state_keys, hx)}, batch_size
         )
 
     def _forward(self, x, state, resets):

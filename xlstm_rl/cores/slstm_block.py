@@ -13,6 +13,7 @@ import torch
 from tensordict import TensorDict
 from torch import nn
 
+from xlstm_rl.cores.base import make_state
 from xlstm_rl.cores.layers import HeadNorm, SwiGLU, soft_cap
 from xlstm_rl.kernels import backends, slstm_sequence, slstm_step
 
@@ -87,7 +88,7 @@ class SLSTMBlock(nn.Module):
 
     @staticmethod
     def _unpack(new, batch_size) -> TensorDict:
-        return TensorDict(dict(zip("cnmh", new)), batch_size=batch_size)
+        return make_state(dict(zip("cnmh", new)), batch_size)
 
     def forward(self, x: torch.Tensor, state: TensorDict, resets: torch.Tensor | None):
         h, new = slstm_sequence(

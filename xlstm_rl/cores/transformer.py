@@ -14,10 +14,9 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from tensordict import TensorDict
 from torch import nn
 
-from xlstm_rl.cores.base import MemoryCore
+from xlstm_rl.cores.base import MemoryCore, make_state
 
 
 class GRUGate(nn.Module):
@@ -137,7 +136,7 @@ class TransformerCore(MemoryCore):
             s = state[f"layer{n}"]
             x, k, v, valid = layer(x, s["k"], s["v"], s["valid"], resets)
             new[f"layer{n}"] = {"k": k, "v": v, "valid": valid}
-        return self.norm_out(x), TensorDict(new, batch_size=state.batch_size)
+        return self.norm_out(x), make_state(new, state.batch_size)
 
     def _step(self, x, state, reset):
         y, state = self._forward(x[:, None], state, None if reset is None else reset[:, None])
