@@ -7,8 +7,9 @@ from __future__ import annotations
 
 import pytest
 import torch
+import torch.nn.functional as F
 
-from xlstm_rl.cores.layers import CausalConv
+from xlstm_rl.cores.layers import CausalConv, SwiGLU
 
 TOL = 1e-12
 
@@ -59,3 +60,20 @@ def test_causal_conv_sequence_matches_loop(T, with_resets):
     assert (y - y_ref).abs().max() <= TOL * y_ref.abs().max()
     for name, g, e in zip(("x", "buffer", "weight", "bias"), grads, expected):
         assert (g - e).abs().max() <= TOL * e.abs().max(), f"d{name}"
+
+
+def test_swiglu_gate_backward_matches_autograd():
+    """The training path's fused gate against silu(gate) * up under autograd, float64."""
+    gen = torch.Generator().manual_seed(0)
+    ffn = SwiGLU(12, 1.5).double()
+    x = torch.randn(3, 7, 12, generator=gen, dtype=torch.float64, requires_grad=True)
+    dy = torch.randn(3, 7, 12, generator=gen, dtype=torch.float64)
+    leaves = (x, *ffn.parameters())
+    grads = torch.autograd.grad((ffn(x) * dy).sum(), leaves)
+    gate, up = ffn.gate_up(x).chunk(2, dim=-1)
+    y_ref = ffn.down(F.silu(gate) * up)
+    expected = torch.autograd.grad((y_ref * dy).sum(), leaves)
+    with torch.no_grad():
+        assert (ffn(x) - y_ref).abs().max() <= TOL * y_ref.abs().max()
+    for g, e in zip(grads, expected):
+        assert (g - e).abs().max() <= TOL * e.abs().max()

@@ -27,8 +27,34 @@ class SwiGLU(nn.Module):
         self.down = nn.Linear(width, hidden_size, bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        gate, up = self.gate_up(x).chunk(2, dim=-1)
+        gate_up = self.gate_up(x)
+        if torch.is_grad_enabled() and gate_up.requires_grad:
+            return self.down(_SiluGate.apply(gate_up))
+        gate, up = gate_up.chunk(2, dim=-1)
         return self.down(F.silu(gate) * up)
+
+
+class _SiluGate(torch.autograd.Function):
+    """silu(gate) * up from one (..., 2 w) tensor [gate, up]. The backward writes both
+    halves of one gradient tensor, where autograd would concatenate two."""
+
+    @staticmethod
+    def forward(ctx, gate_up):
+        gate, up = gate_up.chunk(2, dim=-1)
+        act = F.silu(gate)
+        ctx.save_for_backward(gate_up, act)
+        return act * up
+
+    @staticmethod
+    def backward(ctx, dy):
+        gate_up, act = ctx.saved_tensors
+        gate, up = gate_up.chunk(2, dim=-1)
+        d_gate_up = torch.empty_like(gate_up)
+        d_gate, d_up = d_gate_up.chunk(2, dim=-1)
+        torch.mul(dy, act, out=d_up)
+        torch.mul(dy, up, out=d_gate)
+        torch.ops.aten.silu_backward.grad_input(d_gate, gate, grad_input=d_gate)
+        return d_gate_up
 
 
 class HeadNorm(nn.Module):
