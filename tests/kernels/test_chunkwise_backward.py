@@ -49,7 +49,7 @@ def grads(backend, dtype, inputs, state, resets, chunk):
     return dict(zip(NAMES, (x.grad for x in (*leaves, C0, n0))))
 
 
-# T = 19 and 90 leave a partial last chunk; 80 > 64 takes the large-chunk gradient path
+# T = 19 and 90 leave a partial last chunk; a chunk of 80 is longer than the selector covers
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["f64", "f32"])
 @pytest.mark.parametrize("T, chunk", [(19, 4), (19, 8), (90, 80)])
 def test_chunkwise_gradients_match_reference_loop(T, chunk, dtype):

@@ -18,7 +18,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from xlstm_rl.kernels.mlstm.parallel import segment_log_decay, segment_log_decay_backward
+from xlstm_rl.kernels.mlstm.parallel import segment_log_decay
 from xlstm_rl.kernels.mlstm.reference import State, prepare
 
 # Padded steps: no input (i = -1e30 gives weight exp(-1e30 - m) = 0) and no decay.
@@ -119,23 +119,29 @@ class _Chunkwise(torch.autograd.Function):
         # one reciprocal per step and a broadcast multiply: cheaper than dividing every entry
         floor = torch.exp(-m)
         scale = torch.maximum(den.abs(), floor).reciprocal_()
-        h = num * scale[..., None]  # (B, H, NC, L, Dv)
+        # h is stored time-major, (B, T, H, Dv) in memory, the layout the blocks read it in
+        h = q.new_empty(B, NC * L, H, Dv)
+        torch.mul(num, scale[..., None], out=h.view(B, NC, L, H, Dv).permute(0, 3, 1, 2, 4))
 
-        ctx.save_for_backward(q, k, f, decay, mixed, values, w_state, w_end, kw, keep, new)
+        ctx.save_for_backward(q, k, f, decay, mixed, values, w_state, w_end, kw, keep, new, Cn)
+        ctx.alive = alive
         ctx.carried = (out, scale, floor)
         ctx.T = T
         m_out = m_out.clone()
         ctx.mark_non_differentiable(m_out)
-        return _unchunk(h, T), Cn[..., :Dv].contiguous(), Cn[..., Dv].contiguous(), m_out
+        h = h[:, :T].transpose(1, 2)  # (B, H, T, Dv)
+        return h, Cn[..., :Dv].contiguous(), Cn[..., Dv].contiguous(), m_out
 
     @staticmethod
     def backward(ctx, dh, dC_out, dn_out, _dm):
-        q, k, f, decay, mixed, values, w_state, w_end, kw, keep, new = ctx.saved_tensors
+        q, k, f, decay, mixed, values, w_state, w_end, kw, keep, new, Cn = ctx.saved_tensors
+        alive = ctx.alive
         out, scale, floor = ctx.carried
         T = ctx.T
         L, Dv = q.shape[3], values.shape[-1] - 1
         pad = q.shape[2] * L - T
-        dh = _chunks(dh, L, pad)  # (B, H, NC, L, Dv)
+        dh = _pad_time(dh, pad, 0.0, 2)
+        dh = dh.reshape(*dh.shape[:2], -1, L, dh.shape[-1])  # (B, H, NC, L, Dv), no copy
 
         # h = num / max(|den|, floor): the denominator's gradient passes only above the floor
         num, den = out[..., :Dv], out[..., Dv]
@@ -151,8 +157,6 @@ class _Chunkwise(torch.autograd.Function):
         d_qk = d_scores * decay  # gradient of q k^T, before the decay weights
         dq = (d_qk @ k).addcmul_(d_wq, w_state[..., None])
         dk = d_qk.transpose(-1, -2) @ q
-        d_log_d = d_scores.mul_(mixed[..., :L])  # gradient of the log-decay matrix
-        d_log_state = (d_wq * mixed[..., L:]).sum(-1)  # (B, H, NC, L)
 
         # the state across chunks, backwards: state_out[c] = keep[c] state_in[c] + new[c] kv[c]
         NC = q.shape[2]
@@ -165,18 +169,27 @@ class _Chunkwise(torch.autograd.Function):
                 d_local[:, :, c], d_out_state[:, :, c], keep_c, out=d_out_state[:, :, c - 1]
             )
         dCn = torch.addcmul(d_local[:, :, 0], d_out_state[:, :, 0], keep[..., 0, None, None])
-        d_log_keep = (values[..., L:, :] * d_out_state).sum((-1, -2)).mul_(keep)
+        d_final = (Cn * d_out_state[:, :, -1]).sum((-1, -2))  # (B, H)
         d_kv = d_out_state.mul_(new[..., None, None])
         dkw = values[..., :L, :] @ d_kv.transpose(-1, -2)  # (B, H, NC, L, Dk)
         dk.addcmul_(dkw, w_end[..., None])
         dv = (kw @ d_kv[..., :Dv]).add_(d_values[..., :L, :Dv])
-        d_log_d[..., -1, :] += (dkw * kw).sum(-1)
 
-        # gates: log_d[t, s] = sum of log_f over (s, t] + i[s]; log_state and log_keep
-        # hold the decay from the chunk start to t and to the chunk end
-        di = d_log_d.sum(-2)  # (B, H, NC, L)
-        d_log_f = segment_log_decay_backward(d_log_d)
-        d_log_f.add_(d_log_state.flip(-1).cumsum(-1).flip(-1)).add_(d_log_keep[..., None])
+        # gates, by the spec's identity: everything k[s] touches is scaled by exp(i[s]), so
+        # d i[s] = k[s] . dk[s]; a pair (t, s) decays over (s, t], so d log_f[r] sums
+        # q . dq - k . dk over t >= r in the chunk, plus what crosses the chunk end: the rest
+        # of the episode in later chunks and, at the end, the final state
+        di = (k * dk).sum(-1)  # (B, H, NC, L)
+        net = (q * dq).sum(-1).sub_(di)
+        crossing = torch.empty_like(keep)  # (B, H, NC)
+        crossing[..., -1] = d_final
+        # later chunks carry the episode only up to their first reset
+        carried = (net if alive is None else net * alive).sum(-1)  # (B, H, NC)
+        for c in range(NC - 2, -1, -1):
+            goes_on = 1.0 if alive is None else alive[..., c + 1, -1]  # no reset in chunk c + 1
+            crossing[..., c] = carried[..., c + 1] + goes_on * crossing[..., c + 1]
+        suffix = torch.ones(L, L, dtype=net.dtype, device=net.device).tril()  # t >= r
+        d_log_f = (net @ suffix).add_(crossing[..., None])
         df = d_log_f.mul_(torch.sigmoid(-_chunks(f, L, pad)))
         grads = (_unchunk(x, T) for x in (dq, dk, dv, di, df))
         return (*grads, dCn[..., :Dv], dCn[..., Dv], None, None, None)

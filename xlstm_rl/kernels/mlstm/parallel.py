@@ -46,17 +46,6 @@ def segment_log_decay(log_f: torch.Tensor) -> torch.Tensor:
     return decay.masked_fill(~causal, float("-inf"))
 
 
-def segment_log_decay_backward(grad: torch.Tensor) -> torch.Tensor:
-    """The gradient of segment_log_decay: d log_f[..., r] = sum of grad[..., t, s] over
-    s < r <= t (grad is zero above the diagonal)."""
-    T = grad.shape[-1]
-    if T <= _SELECTOR_MAX_T:
-        return grad.flatten(-2) @ _selector(T, grad.dtype, grad.device).T
-    # sum over t' >= t and s' <= s, read at (t, s) = (r, r - 1)
-    corner = grad.cumsum(-1).flip(-2).cumsum(-2).flip(-2)
-    return F.pad(corner.diagonal(offset=-1, dim1=-2, dim2=-1), (1, 0))
-
-
 def same_episode(resets: torch.Tensor | None, B: int, T: int, device) -> torch.Tensor | None:
     """(B, 1, T, T) bool: no reset in (s, t]. None when there are no resets."""
     if resets is None:
