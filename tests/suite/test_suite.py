@@ -182,3 +182,15 @@ def test_random_floor_script_prints_every_env_of_a_suite(capsys):
     out = capsys.readouterr().out
     assert "random policy, 5 episodes per env, suite smoke" in out
     assert "| TMaze-4 | " in out and "| RepeatPreviousEasy | -" in out
+
+
+def test_steps_to_solve_is_the_first_window_that_meets_the_threshold():
+    from xlstm_rl.suite.report import steps_to_solve
+
+    curve = [(100, 0.5), (200, 1.0), (300, 0.8), (400, 1.0), (500, 1.0)]
+    assert steps_to_solve(curve, window=1, threshold=0.9) == 200
+    assert steps_to_solve(curve, window=2, threshold=0.9) == 300  # (1.0 + 0.8) / 2
+    assert steps_to_solve(curve, window=2, threshold=0.95) == 500
+    assert steps_to_solve(curve, window=3, threshold=0.9) == 400  # (1.0 + 0.8 + 1.0) / 3 > 0.9
+    assert steps_to_solve(curve, window=3, threshold=1.0) is None
+    assert steps_to_solve(curve[:2], window=3, threshold=0.0) is None

@@ -14,6 +14,7 @@ left out of the statistics.
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import math
 import os
@@ -34,6 +35,7 @@ SUMMARY_COLUMNS = (
     "eval_return_mean", "eval_return_ci95",
     "eval_success_mean", "eval_success_ci95",
     "mmer_mean", "mmer_ci95", "env_steps", "wall_time_s_mean",
+    "train_solved_seeds", "train_steps_to_solve_mean",
 )  # fmt: skip
 
 
@@ -76,6 +78,7 @@ class Run:
     seed: int
     result: dict[str, Any]
     curve: list[tuple[int, float]]  # (step, mean episodic return of the update)
+    success: list[tuple[int, float]] = dataclasses.field(default_factory=list)  # same steps
 
     @property
     def ok(self) -> bool:
@@ -86,11 +89,23 @@ class Run:
         return float("nan") if value is None else float(value)
 
 
-def read_curve(path: Path) -> list[tuple[int, float]]:
+def read_curve(path: Path, column: str = "episodic_return") -> list[tuple[int, float]]:
+    """(step, value) per update from curve.csv; updates without a value are left out."""
     if not path.is_file():
         return []
     with path.open() as f:
-        return [(int(r["step"]), float(r["episodic_return"])) for r in csv.DictReader(f)]
+        return [(int(r["step"]), float(r[column])) for r in csv.DictReader(f) if r.get(column)]
+
+
+def steps_to_solve(curve: list[tuple[int, float]], window: int, threshold: float) -> int | None:
+    """The env step at which the mean of the last ``window`` updates first reaches ``threshold``.
+
+    None if it never does (or the run logged fewer than ``window`` updates).
+    """
+    for end in range(window, len(curve) + 1):
+        if sum(v for _, v in curve[end - window : end]) / window >= threshold:
+            return curve[end - 1][0]
+    return None
 
 
 def collect_runs(out: Path, suite: SuiteSpec) -> list[Run]:
@@ -103,7 +118,14 @@ def collect_runs(out: Path, suite: SuiteSpec) -> list[Run]:
                 result = read_result(run_dir)
                 if result is not None:
                     runs.append(
-                        Run(env.name, core, seed, result, read_curve(run_dir / "curve.csv"))
+                        Run(
+                            env.name,
+                            core,
+                            seed,
+                            result,
+                            read_curve(run_dir / "curve.csv"),
+                            read_curve(run_dir / "curve.csv", "success_rate"),
+                        )
                     )
     return runs
 
@@ -120,11 +142,20 @@ def aggregate(runs: list[Run], suite: SuiteSpec) -> list[dict[str, Any]]:
             succ, succ_ci = mean_ci([r.final("success_rate") for r in ok])
             mm, mm_ci = mean_ci(mmer)
             wall, _ = mean_ci([float(r.result.get("wall_time_s", "nan")) for r in ok])
+            to_solve = [solve_steps(r, suite) for r in ok]
+            solved = [s for s in to_solve if s is not None]
             rows.append(dict(zip(SUMMARY_COLUMNS, (
                 env.name, core, len(ok), len(group) - len(ok),
                 ret, ret_ci, succ, succ_ci, mm, mm_ci, steps_label(ok), wall,
+                len(solved), mean_ci(solved)[0],
             ))))  # fmt: skip
     return rows
+
+
+def solve_steps(run: Run, suite: SuiteSpec) -> int | None:
+    """Env steps until the run's training curve met the suite's solve rule (see report)."""
+    curve = run.success if suite.solve["metric"] == "success_rate" else run.curve
+    return steps_to_solve(curve, suite.mmer_window, float(suite.solve["threshold"]))
 
 
 def steps_label(runs: list[Run]) -> str:
@@ -138,16 +169,17 @@ def steps_label(runs: list[Run]) -> str:
 def per_core_summary(runs: list[Run], suite: SuiteSpec) -> dict[str, tuple[float, float, int]]:
     """Per core: the mean over envs of the final eval return, per seed, then its t-interval.
 
-    Only seeds with a successful run on every env count.
+    Only envs with finished runs count, and only seeds with a successful run on each.
     """
     summary = {}
+    ran_envs = {r.env for r in runs}
     for core in suite.cores:
         per_seed = []
         for seed in suite.seeds:
             values = [
                 r.final("return_mean") for r in runs if r.core == core and r.seed == seed and r.ok
             ]
-            if len(values) == len(suite.envs):
+            if values and len(values) == len(ran_envs):
                 per_seed.append(sum(values) / len(values))
         summary[core] = (*mean_ci(per_seed), len(per_seed))
     return summary
@@ -214,23 +246,30 @@ def render_markdown(
 ) -> str:
     expected = len(suite.envs) * len(suite.cores) * len(suite.seeds)
     failed = [r for r in runs if not r.ok]
-    budget = suite.base.get("total_steps", "see the suite file")
+    budget = suite.base.get("total_steps")
+    budget = f"{budget} env steps per run" if budget else "set per env"
     trained = steps_label([r for r in runs if r.ok]) or "none yet"
+    ran_envs = {r.env for r in runs}
+    not_run = [e.name for e in suite.envs if e.name not in ran_envs]
     lines = [
         f"# Suite `{suite.name}`",
         "",
         suite.description.strip(),
         "",
         f"Runs finished: {len(runs)} of {expected} ({len(failed)} failed). Seeds: "
-        f"{', '.join(map(str, suite.seeds))}. Budget in the suite file: {budget} env steps "
-        f"per run (env overrides may change it); the finished runs trained for {trained} "
-        "env steps (the *env steps* column; a command-line override sets it).",
+        f"{', '.join(map(str, suite.seeds))}. Budget in the suite file: {budget} (env "
+        f"overrides may change it); the finished runs trained for {trained} env steps (the "
+        "*env steps* column; a command-line override sets it)."
+        + (f" Environments with no finished run yet: {', '.join(not_run)}." if not_run else ""),
         "",
         "Each cell is the mean over seeds ± the half-width of a 95% Student-t interval "
         "(no interval with one seed). *Eval* is the final evaluation on held-out seeds "
         "(deterministic actions). *MMER* is POPGym's max-mean episodic return: the "
         f"maximum over training of the mean training return over {suite.mmer_window} "
-        "consecutive updates.",
+        "consecutive updates. *Steps to solve*: the env step at which the training "
+        f"{suite.solve['metric']} averaged over {suite.mmer_window} consecutive updates "
+        f"first reached {suite.solve['threshold']}, mean over the seeds that reached it "
+        "(their count in brackets).",
         "",
         "## Results per environment and core",
         "",
@@ -240,13 +279,14 @@ def render_markdown(
             row["env"], row["core"], f"{row['seeds_ok']}/{row['seeds_ok'] + row['seeds_failed']}",
             fmt(row["eval_return_mean"], row["eval_return_ci95"]),
             fmt(row["eval_success_mean"], row["eval_success_ci95"], 2),
-            fmt(row["mmer_mean"], row["mmer_ci95"]), row["env_steps"] or "-",
+            fmt(row["mmer_mean"], row["mmer_ci95"]), _solve_cell(row), row["env_steps"] or "-",
             "-" if math.isnan(row["wall_time_s_mean"]) else f"{row['wall_time_s_mean']:.0f}",
         ]
         for row in rows
+        if row["env"] in ran_envs
     ]  # fmt: skip
-    header = ["env", "core", "seeds ok", "eval return", "eval success", "MMER", "env steps"]
-    lines += _table([*header, "wall s"], table)
+    header = ["env", "core", "seeds ok", "eval return", "eval success", "MMER"]
+    lines += _table([*header, "steps to solve", "env steps", "wall s"], table)
     if floors:
         lines += ["", "## Random-policy floor", ""]
         lines += [
@@ -264,8 +304,8 @@ def render_markdown(
     summary = per_core_summary(runs, suite)
     lines += ["", "## Per core, mean over environments", ""]
     lines += [
-        "Mean final eval return over all environments, per seed, then over seeds "
-        "(only seeds finished on every environment count).",
+        "Mean final eval return over the environments with finished runs, per seed, then "
+        "over seeds (only seeds finished on every such environment count).",
         "",
     ]
     lines += _table(
@@ -295,6 +335,15 @@ def render_markdown(
     return "\n".join(lines) + "\n"
 
 
+def _solve_cell(row: dict) -> str:
+    solved, total = row["train_solved_seeds"], row["seeds_ok"]
+    if not total:
+        return "-"
+    if not solved:
+        return f"never (0/{total})"
+    return f"{row['train_steps_to_solve_mean']:,.0f} ({solved}/{total})"
+
+
 def _cell(text: Any) -> str:
     return str(text).replace("|", "\\|").replace("\n", " ")[:300]
 
@@ -316,6 +365,7 @@ def build_report(out: str | os.PathLike) -> Path:
     plots = [
         plot_curves(report_dir, suite, runs, env.name, floors.get(env.name, {}).get("return_mean"))
         for env in suite.envs
+        if any(r.env == env.name for r in runs)
     ]
     plots.append(plot_summary(report_dir, suite, rows))
     if suite.horizon:
