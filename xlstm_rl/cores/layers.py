@@ -86,14 +86,17 @@ class CausalConv(nn.Module):
             self.weight.add_(0.1 * torch.randn_like(self.weight) / kernel_size**0.5)
 
     def forward(self, x: torch.Tensor, buffer: torch.Tensor, resets: torch.Tensor | None):
-        """x (B, T, d), buffer (B, K - 1, d) -> y (B, T, d), new buffer."""
+        """x (B, T, d), buffer (B, K - 1, d) -> y (B, T, d), new buffer.
+
+        A single step may also come without its time axis: x (B, d), resets (B,) -> y (B, d).
+        """
+        if x.dim() == 2:
+            return self._step(x, buffer, resets)
         B, T, _ = x.shape
         K = self.kernel_size
-        if T == 1:  # the acting path: one window, the buffer emptied where a row resets
-            if resets is not None:
-                buffer = buffer * (~resets).to(buffer.dtype)[:, :, None]
-            window = torch.cat([buffer.to(x.dtype), x], dim=1)  # (B, K, d)
-            return (window * self.weight).sum(1, keepdim=True) + self.bias, window[:, 1:]
+        if T == 1:
+            y, buffer = self._step(x[:, 0], buffer, None if resets is None else resets[:, 0])
+            return y[:, None], buffer
         buffer = buffer.to(x.dtype)
         episode = None if resets is None else resets.long().cumsum(1)  # (B, T)
         y = _CausalConvSequence.apply(x, buffer, self.weight, self.bias, episode)
@@ -109,6 +112,13 @@ class CausalConv(nn.Module):
             stale = tail_episode[:, -(K - 1) :] != episode[:, -1:]
             new_buffer = new_buffer.masked_fill(stale[..., None], 0.0)
         return y, new_buffer
+
+    def _step(self, x: torch.Tensor, buffer: torch.Tensor, reset: torch.Tensor | None):
+        """The acting path: one window, the buffer emptied where a row resets; x (B, d)."""
+        if reset is not None:
+            buffer = buffer * (~reset).to(buffer.dtype)[:, None, None]
+        window = torch.cat([buffer.to(x.dtype), x[:, None]], dim=1)  # (B, K, d)
+        return (window * self.weight).sum(1) + self.bias, window[:, 1:]
 
 
 class _CausalConvSequence(torch.autograd.Function):

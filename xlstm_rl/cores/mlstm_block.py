@@ -143,9 +143,8 @@ class MLSTMBlock(nn.Module):
         return y, self._new_state(C, n, m, conv_state, state.batch_size)
 
     def step(self, x: torch.Tensor, state: TensorDict, reset: torch.Tensor | None):
-        seq_reset = None if reset is None else reset[:, None]
-        *projected, conv_state = self._project(x[:, None], state, seq_reset)
-        q, k, v, o, i, f = (t.squeeze(1) for t in projected)  # drop the time axis of 1
+        # _project (its conv included) takes x (B, d) as well: no time axis to add and drop
+        q, k, v, o, i, f, conv_state = self._project(x, state, reset)
         h, (C, n, m) = mlstm_step(
             q,
             k,
