@@ -11,6 +11,8 @@ architecture: separate actor and critic LSTMs, 64-64 heads) runs on the same env
 with the same sizes, step budget and hyperparameters (n_envs 8, n_steps 128, batch
 256 = 4 minibatches, n_epochs 4, LSTM hidden 128, lr, entropy coefficient 0.01),
 and the ratio of each of our agents' steps/s to its steps/s is printed.
+The load average before and after is printed too: other jobs on the machine move
+steps/s a lot, so compare ratios from one run.
 
     python scripts/bench_ppo.py [--steps 32768] [--cores mlstm gru ...] [--json out.json]
 """
@@ -19,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import tempfile
 import time
 
@@ -112,6 +115,7 @@ def main() -> None:
     args = parser.parse_args()
 
     rows = []
+    _print_load("before")  # other jobs on the machine move steps/s a lot: say how busy it was
     print(f"{'agent':34s} {'steps':>8s} {'seconds':>8s} {'steps/s':>8s} {'return':>7s}")
     with tempfile.TemporaryDirectory() as log_dir:
         for core in args.cores:
@@ -125,9 +129,16 @@ def main() -> None:
         _print(baseline)
         for row in rows[:-1]:
             print(f"{row['agent']} / RecurrentPPO steps/s: {row['sps'] / baseline['sps']:.2f}x")
+    _print_load("after")
     if args.json:
         with open(args.json, "w") as f:
             json.dump(rows, f, indent=2)
+
+
+def _print_load(when: str) -> None:
+    if hasattr(os, "getloadavg"):
+        load = ", ".join(f"{x:.2f}" for x in os.getloadavg())
+        print(f"load average {when} (1, 5, 15 min): {load} on {os.cpu_count()} CPUs", flush=True)
 
 
 def _print(row: dict) -> None:
