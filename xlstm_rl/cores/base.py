@@ -137,8 +137,13 @@ def make_state(entries: dict, batch_size: torch.Size) -> TensorDict:
 
     Their batch dims are right by construction, so tensordict's per-entry checks
     (about 10 us a TensorDict, as much as the mLSTM step's maths at B = 8) are skipped.
+    ``TensorDict._new_unsafe`` is tensordict's own unchecked constructor (private API);
+    where a tensordict release lacks it, the checked constructor gives the same result.
     """
-    return TensorDict._new_unsafe(entries, batch_size=torch.Size(batch_size))
+    return _NEW_STATE(entries, batch_size=torch.Size(batch_size))
+
+
+_NEW_STATE = getattr(TensorDict, "_new_unsafe", TensorDict)
 
 
 def _join(key) -> str:
