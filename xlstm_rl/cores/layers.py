@@ -1,10 +1,11 @@
-"""Small building blocks shared by the xLSTM blocks: gated feed-forward and per-head norm."""
+"""Building blocks shared by the xLSTM blocks: gated feed-forward, per-head norm, causal conv."""
 
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.autograd.function import once_differentiable
 
 
 def soft_cap(x: torch.Tensor, cap: float) -> torch.Tensor:
@@ -46,6 +47,7 @@ class _SiluGate(torch.autograd.Function):
         return act * up
 
     @staticmethod
+    @once_differentiable
     def backward(ctx, dy):
         gate_up, act = ctx.saved_tensors
         gate, up = gate_up.chunk(2, dim=-1)
@@ -150,6 +152,7 @@ class _CausalConvSequence(torch.autograd.Function):
         return y
 
     @staticmethod
+    @once_differentiable
     def backward(ctx, dy):
         x, buffer, weight, episode = ctx.saved_tensors
         K, T = weight.shape[0], x.shape[1]

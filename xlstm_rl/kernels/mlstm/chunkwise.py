@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from torch.autograd.function import once_differentiable
 
 from xlstm_rl.kernels.mlstm.parallel import segment_log_decay
 from xlstm_rl.kernels.mlstm.reference import State, prepare
@@ -133,6 +134,7 @@ class _Chunkwise(torch.autograd.Function):
         return h, Cn[..., :Dv].contiguous(), Cn[..., Dv].contiguous(), m_out
 
     @staticmethod
+    @once_differentiable
     def backward(ctx, dh, dC_out, dn_out, _dm):
         q, k, f, decay, mixed, values, w_state, w_end, kw, keep, new, Cn = ctx.saved_tensors
         alive = ctx.alive
