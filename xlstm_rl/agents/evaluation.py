@@ -96,20 +96,27 @@ def evaluate_policy(
             reset = torch.zeros_like(reset)
         returns.extend(episode_return.tolist())
         lengths.extend(episode_length.tolist())
-        successes.extend(
-            bool(s) if s is not None else bool(r > 0) for s, r in zip(success, episode_return)
-        )
+        successes.extend(_succeeded(s, r) for s, r in zip(success, episode_return))
     for env in envs:
         env.close()
     policy.train(was_training)
+    return _summary(returns, lengths, successes, first_seed, deterministic=deterministic)
+
+
+def _succeeded(reported: Any, episode_return: float) -> bool:
+    """The env's own ``info["success"]`` where it reports one, else return > 0."""
+    return bool(reported) if reported is not None else bool(episode_return > 0)
+
+
+def _summary(returns, lengths, successes, first_seed: int, **extra) -> dict[str, Any]:
     return {
-        "episodes": episodes,
+        "episodes": len(returns),
         "return_mean": float(np.mean(returns)),
         "return_std": float(np.std(returns)),
         "length_mean": float(np.mean(lengths)),
         "success_rate": float(np.mean(successes)),
         "first_seed": first_seed,
-        "deterministic": deterministic,
+        **extra,
     }
 
 
@@ -141,18 +148,9 @@ def evaluate_random(
             total, length, done = total + float(reward), length + 1, terminated or truncated
         returns.append(total)
         lengths.append(length)
-        success = info.get("success")
-        successes.append(bool(success) if success is not None else total > 0)
+        successes.append(_succeeded(info.get("success"), total))
     env.close()
-    return {
-        "episodes": episodes,
-        "return_mean": float(np.mean(returns)),
-        "return_std": float(np.std(returns)),
-        "length_mean": float(np.mean(lengths)),
-        "success_rate": float(np.mean(successes)),
-        "first_seed": first_seed,
-        "policy": "random",
-    }
+    return _summary(returns, lengths, successes, first_seed, policy="random")
 
 
 def policy_from_checkpoint(path: str | os.PathLike, device: str = "cpu"):
