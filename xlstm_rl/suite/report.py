@@ -67,10 +67,6 @@ def fmt(mean: float, half: float, digits: int = 3) -> str:
     return f"{mean:.{digits}f}" if math.isnan(half) else f"{mean:.{digits}f} ± {half:.{digits}f}"
 
 
-def fmt_std(mean: float, std: float) -> str:
-    return f"{mean:.3f} ± {std:.3f}"
-
-
 @dataclass
 class Run:
     env: str
@@ -89,12 +85,14 @@ class Run:
         return float("nan") if value is None else float(value)
 
 
-def read_curve(path: Path, column: str = "episodic_return") -> list[tuple[int, float]]:
-    """(step, value) per update from curve.csv; updates without a value are left out."""
+def read_curves(path: Path, columns: tuple[str, ...]) -> list[list[tuple[int, float]]]:
+    """Per column, (step, value) per update from curve.csv, read once; updates without a
+    value in that column are left out of it."""
     if not path.is_file():
-        return []
+        return [[] for _ in columns]
     with path.open() as f:
-        return [(int(r["step"]), float(r[column])) for r in csv.DictReader(f) if r.get(column)]
+        rows = list(csv.DictReader(f))
+    return [[(int(r["step"]), float(r[c])) for r in rows if r.get(c)] for c in columns]
 
 
 def steps_to_solve(curve: list[tuple[int, float]], window: int, threshold: float) -> int | None:
@@ -117,16 +115,8 @@ def collect_runs(out: Path, suite: SuiteSpec) -> list[Run]:
                 run_dir = out / "runs" / env.name / core / f"seed{seed}"
                 result = read_result(run_dir)
                 if result is not None:
-                    runs.append(
-                        Run(
-                            env.name,
-                            core,
-                            seed,
-                            result,
-                            read_curve(run_dir / "curve.csv"),
-                            read_curve(run_dir / "curve.csv", "success_rate"),
-                        )
-                    )
+                    curves = read_curves(run_dir / "curve.csv", ("episodic_return", "success_rate"))
+                    runs.append(Run(env.name, core, seed, result, *curves))
     return runs
 
 
@@ -297,7 +287,7 @@ def render_markdown(
         lines += _table(
             ["env", "random return", "random success"],
             [
-                [name, fmt_std(f["return_mean"], f["return_std"]), f"{f['success_rate']:.2f}"]
+                [name, fmt(f["return_mean"], f["return_std"]), f"{f['success_rate']:.2f}"]
                 for name, f in floors.items()
             ],
         )
