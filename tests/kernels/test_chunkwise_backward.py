@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from xlstm_rl.kernels import mlstm_sequence
+from xlstm_rl.kernels.mlstm import chunkwise
 
 from .helpers import TOLERANCES, assert_close, random_inputs, random_state, true_units
 
@@ -61,3 +62,49 @@ def test_chunkwise_gradients_match_reference_loop(T, chunk, dtype):
     actual = grads("chunkwise", dtype, inputs, state, resets, chunk)
     for name in NAMES:
         assert_close(actual[name], expected[name], TOLERANCES[dtype]["grad"], f"d{name}")
+
+
+@pytest.mark.parametrize("T, chunk", [(19, 4), (90, 80)])
+def test_traceable_form_matches_reference_loop(T, chunk, monkeypatch):
+    """The out-of-place form torch.compile traces, differentiated by autograd."""
+    monkeypatch.setattr(chunkwise, "_compiling", lambda: True)
+    resets = placed_resets(T, min(chunk, 8))
+    batch = resets.shape[0]
+    inputs = random_inputs(batch, H, T, DK, DV, seed=T, dtype=torch.float64)
+    state = random_state(batch, H, DK, DV, seed=T, dtype=torch.float64)
+    expected = grads("reference", torch.float64, inputs, state, resets, chunk)
+    actual = grads("chunkwise", torch.float64, inputs, state, resets, chunk)
+    for name in NAMES:
+        assert_close(actual[name], expected[name], TOLERANCES[torch.float64]["grad"], f"d{name}")
+    # forward in float32 against the Function's: the same stabilisers, so m agrees too
+    leaves = [x.float() for x in inputs]
+    state = tuple(s.float() for s in state)
+    h, final = mlstm_sequence(
+        *leaves, resets=resets, state=state, backend="chunkwise", chunk_size=chunk
+    )
+    monkeypatch.setattr(chunkwise, "_compiling", lambda: False)
+    h_fn, final_fn = mlstm_sequence(
+        *leaves, resets=resets, state=state, backend="chunkwise", chunk_size=chunk
+    )
+    assert_close(h, h_fn, TOLERANCES[torch.float32]["h"], "h")
+    for name, a, e in zip("Cnm", final, final_fn):
+        assert_close(a, e, TOLERANCES[torch.float32]["state"], name)
+
+
+def test_chunkwise_compiles_to_one_graph():
+    """torch.compile traces the chunkwise form whole (no graph break) and agrees with eager."""
+    resets = placed_resets(19, 4)
+    inputs = [x.float().requires_grad_() for x in random_inputs(7, H, 19, DK, DV, seed=3)]
+
+    def run(*inputs):
+        return mlstm_sequence(*inputs, resets=resets, backend="chunkwise", chunk_size=4)
+
+    compiled = torch.compile(run, fullgraph=True, backend="aot_eager")
+    (h, final), (h_eager, final_eager) = compiled(*inputs), run(*inputs)
+    assert_close(h, h_eager, 1e-5, "h")
+    for a, e in zip(final, final_eager):
+        assert_close(a, e, 1e-5, "state")
+    d_compiled = torch.autograd.grad(h.square().sum(), inputs)
+    d_eager = torch.autograd.grad(h_eager.square().sum(), inputs)
+    for name, a, e in zip(NAMES, d_compiled, d_eager):
+        assert_close(a, e, 1e-5, f"d{name}")

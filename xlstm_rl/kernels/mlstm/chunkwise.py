@@ -11,6 +11,11 @@ first reset on.
 The backward pass is written by hand (an autograd.Function): a few batched matmuls
 per chunk instead of autograd's tape of small ops. The stabilisers carry no
 gradient, so every exp(. - m) factor is a constant of the backward pass.
+
+Under ``torch.compile`` the same forward runs out of place (``_chunkwise_traceable``)
+and autograd differentiates it, so that the compiler can trace it and fuse its
+elementwise work with the block around it; the Function writes into preallocated
+buffers, which the compiler cannot trace.
 """
 
 from __future__ import annotations
@@ -21,6 +26,8 @@ from torch.autograd.function import once_differentiable
 
 from xlstm_rl.kernels.mlstm.parallel import segment_log_decay
 from xlstm_rl.kernels.mlstm.reference import State, prepare
+
+_compiling = torch.compiler.is_compiling  # a module attribute, so tests can stand in for it
 
 # Padded steps: no input (i = -1e30 gives weight exp(-1e30 - m) = 0) and no decay.
 _NO_INPUT = -1e30
@@ -197,6 +204,58 @@ class _Chunkwise(torch.autograd.Function):
         return (*grads, dCn[..., :Dv], dCn[..., Dv], None, None, None)
 
 
+def _chunkwise_traceable(q, k, v, i, f, C0, n0, m0, resets, L):
+    """``_Chunkwise``'s forward, out of place, for autograd and ``torch.compile``.
+
+    Same inputs and outputs. The stabilisers are detached, as the Function treats them."""
+    B, H, T, Dk = q.shape
+    NC = -(-T // L)
+    pad = NC * L - T
+    q, k, v = (_chunks(x, L, pad) for x in (q, k, v))  # (B, H, NC, L, D)
+    log_f = _chunks(F.logsigmoid(f), L, pad)  # (B, H, NC, L)
+    log_d = segment_log_decay(log_f)  # (B, H, NC, L, L)
+    decay_in = log_d[..., 0] + log_f[..., :1]  # sum of log_f over [chunk start, t]
+    log_d = log_d + _chunks(i, L, pad, _NO_INPUT)[..., None, :]
+    alive = None
+    if resets is not None:
+        episode = _chunks(_pad_time(resets, pad, False, 1)[:, None], L, 0).long().cumsum(-1)
+        log_d = log_d.masked_fill(episode[..., :, None] != episode[..., None, :], float("-inf"))
+        alive = episode == 0  # (B, 1, NC, L)
+
+    # each chunk's keys and values decayed to its end, then carried across chunks
+    m_local = log_d[..., -1, :].amax(-1).detach()  # (B, H, NC)
+    kw = k * torch.exp(log_d[..., -1, :] - m_local[..., None])[..., None]
+    log_keep = decay_in[..., -1]
+    if alive is not None:
+        log_keep = log_keep.masked_fill(~alive[..., -1], float("-inf"))
+    m_all = [m0]
+    for c in range(NC):
+        m_all.append(torch.maximum(log_keep[..., c].detach() + m_all[-1], m_local[..., c]))
+    m_all = torch.stack(m_all, -1)  # (B, H, NC + 1)
+    m_in = m_all[..., :NC]
+    keep = torch.exp(log_keep + m_in - m_all[..., 1:])  # (B, H, NC)
+    new = torch.exp(m_local - m_all[..., 1:])
+    C_local = (kw.transpose(-1, -2) @ v) * new[..., None, None]  # (B, H, NC, Dk, Dv)
+    n_local = kw.sum(-2) * new[..., None]  # (B, H, NC, Dk)
+    Cs, ns = [C0], [n0]
+    for c in range(NC):
+        Cs.append(C_local[:, :, c] + keep[..., c, None, None] * Cs[-1])
+        ns.append(n_local[:, :, c] + keep[..., c, None] * ns[-1])
+    C_in, n_in = torch.stack(Cs[:NC], 2), torch.stack(ns[:NC], 2)  # entering each chunk
+
+    # outputs: intra-chunk parallel form plus the carried state
+    log_state = decay_in + m_in[..., None]  # (B, H, NC, L)
+    if alive is not None:
+        log_state = log_state.masked_fill(~alive, float("-inf"))
+    m = torch.maximum(log_d.amax(-1), log_state).detach()
+    scores = (q @ k.transpose(-1, -2)) * torch.exp(log_d - m[..., None])
+    q_state = q * torch.exp(log_state - m)[..., None]
+    num = scores @ v + q_state @ C_in
+    den = scores.sum(-1) + (q_state * n_in[..., None, :]).sum(-1)
+    h = num / torch.maximum(den.abs(), torch.exp(-m))[..., None]
+    return _unchunk(h, T), Cs[-1], ns[-1], m_all[..., NC]
+
+
 def mlstm_sequence_chunkwise(
     q: torch.Tensor,  # (B, H, T, Dk)
     k: torch.Tensor,  # (B, H, T, Dk)
@@ -212,5 +271,6 @@ def mlstm_sequence_chunkwise(
         raise ValueError(f"chunk_size must be a positive int, got {chunk_size!r}")
     (q, k, v, i, f), (C0, n0, m0), out_dtype = prepare(q, k, v, i, f, state)
     L = min(chunk_size, q.shape[2])
-    h, C, n, m = _Chunkwise.apply(q, k, v, i, f, C0, n0, m0, resets, L)
+    form = _chunkwise_traceable if _compiling() else _Chunkwise.apply
+    h, C, n, m = form(q, k, v, i, f, C0, n0, m0, resets, L)
     return h.to(out_dtype), (C, n, m)

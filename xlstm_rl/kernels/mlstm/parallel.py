@@ -24,7 +24,10 @@ def _selector(T: int, dtype: torch.dtype, device) -> torch.Tensor:
     if key not in _SELECTORS:
         r = torch.arange(T, device=device)
         inside = (r[None, None, :] < r[:, None, None]) & (r[:, None, None] <= r[None, :, None])
-        _SELECTORS[key] = inside.to(dtype).reshape(T, T * T)
+        selector = inside.to(dtype).reshape(T, T * T)
+        if torch.compiler.is_compiling():
+            return selector  # a constant of the graph; a cache written here would recompile it
+        _SELECTORS[key] = selector
     return _SELECTORS[key]
 
 
