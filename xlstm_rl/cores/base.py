@@ -21,6 +21,10 @@ class MemoryCore(nn.Module):
 
     input_size: int
     output_size: int
+    # whether torch.compile can trace `forward` whole for any resets (training's
+    # ``compile`` option compiles the loss only then); False where the sequence form
+    # branches on where the resets fall
+    compile_sequence: bool = True
 
     def _state_shapes(self) -> dict[str, tuple[int, ...]]:
         """Per-row shapes of the state's leaves, keyed by their (possibly nested) names."""

@@ -7,6 +7,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.autograd.function import once_differentiable
 
+_compiling = torch.compiler.is_compiling  # a module attribute, so tests can stand in for it
+
 
 def soft_cap(x: torch.Tensor, cap: float) -> torch.Tensor:
     """cap * tanh(x / cap): keeps gate pre-activations inside the kernels' range."""
@@ -29,7 +31,9 @@ class SwiGLU(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         gate_up = self.gate_up(x)
-        if torch.is_grad_enabled() and gate_up.requires_grad:
+        # torch.compile traces the plain ops below (and fuses them); it cannot trace the
+        # Function's writes into halves of one buffer
+        if torch.is_grad_enabled() and gate_up.requires_grad and not _compiling():
             return self.down(_SiluGate.apply(gate_up))
         gate, up = gate_up.chunk(2, dim=-1)
         return self.down(F.silu(gate) * up)
@@ -101,7 +105,10 @@ class CausalConv(nn.Module):
             return y[:, None], buffer
         buffer = buffer.to(x.dtype)
         episode = None if resets is None else resets.long().cumsum(1)  # (B, T)
-        y = _CausalConvSequence.apply(x, buffer, self.weight, self.bias, episode)
+        if _compiling():
+            y = _causal_conv_dense(x, buffer, self.weight, self.bias, episode)
+        else:
+            y = _CausalConvSequence.apply(x, buffer, self.weight, self.bias, episode)
         # the new buffer: the last K - 1 inputs, those from before the last reset zeroed
         if T >= K - 1:
             new_buffer, tail_episode = x[:, T - (K - 1) :], episode
@@ -120,7 +127,8 @@ class CausalConv(nn.Module):
         if reset is not None:
             buffer = buffer * (~reset).to(buffer.dtype)[:, None, None]
         window = torch.cat([buffer.to(x.dtype), x[:, None]], dim=1)  # (B, K, d)
-        return (window * self.weight).sum(1) + self.bias, window[:, 1:]
+        # the new buffer contiguous, like the initial one: a compiled step sees one layout
+        return (window * self.weight).sum(1) + self.bias, window[:, 1:].contiguous()
 
 
 class _CausalConvSequence(torch.autograd.Function):
@@ -182,6 +190,23 @@ class _CausalConvSequence(torch.autograd.Function):
                 dbuffer[:, K - 1 - lag : K - 1 - lag + held] += d_held
             dweight[tap] = dw
         return dx, dbuffer, dweight, dy.sum((0, 1)), None
+
+
+def _causal_conv_dense(x, buffer, weight, bias, episode):
+    """``_CausalConvSequence``'s forward with every cross-episode pair masked out
+    densely: no data-dependent indexing, so ``torch.compile`` traces it whole."""
+    K, T = weight.shape[0], x.shape[1]
+    past = torch.cat([buffer, x], dim=1)  # (B, K - 1 + T, d): inputs at t - K + 1 .. T - 1
+    if episode is not None:  # buffer entries belong to episode 0
+        past_episode = torch.cat([episode.new_zeros(x.shape[0], K - 1), episode], dim=1)
+    y = torch.addcmul(bias, x, weight[K - 1])
+    for lag in range(1, K):
+        tap = past[:, K - 1 - lag : K - 1 - lag + T]  # x[t - lag] for every t
+        if episode is not None:
+            same = past_episode[:, K - 1 - lag : K - 1 - lag + T] == episode
+            tap = tap * same[..., None]
+        y = y + tap * weight[K - 1 - lag]
+    return y
 
 
 def _buffer_part(buffer, episode, lag: int, held: int) -> torch.Tensor:
