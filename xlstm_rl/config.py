@@ -179,6 +179,9 @@ class TrainConfig:
     name: str | None = None  # run directory under log_dir; None: derived from env, core, seed
     device: str = "cpu"
     torch_threads: int = 1  # torch.set_num_threads for the run; 0 keeps torch's default
+    # torch.compile the acting step and the update's loss: faster after a one-off compile
+    # (tens of seconds, cached by torch for later runs); needs a C++ compiler on the CPU
+    compile: bool = False
 
     def __post_init__(self):
         _check_types(self, "")

@@ -27,7 +27,7 @@ def tiny_config(tmp_path, **overrides):
     return load_config(data, overrides)
 
 
-def make_collector(config, rollout_len=24):
+def make_collector(config, rollout_len=24, compile=False):
     torch.manual_seed(config.seed)
     envs = make_vector_env(
         config.env.id, config.env.num_envs, seed=config.seed, **config.env.kwargs
@@ -36,4 +36,4 @@ def make_collector(config, rollout_len=24):
     policy = Policy(
         envs.single_observation_space, envs.single_action_space, config.core, config.policy
     )
-    return Collector(envs, policy, rollout_len, torch.device("cpu")), policy
+    return Collector(envs, policy, rollout_len, torch.device("cpu"), compile=compile), policy

@@ -10,8 +10,6 @@ passed in and returned, never kept here.
 
 from __future__ import annotations
 
-import functools
-
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -34,10 +32,15 @@ class Categorical:
 
     def __init__(self, logits: torch.Tensor):
         self.logits = F.log_softmax(logits, dim=-1)  # normalised: logits - logsumexp(logits)
+        self._probs = None
 
-    @functools.cached_property
+    @property
     def probs(self) -> torch.Tensor:
-        return self.logits.exp()
+        # computed once, on first use (not functools.cached_property: its lock stops
+        # torch.compile from tracing a loss through the distribution)
+        if self._probs is None:
+            self._probs = self.logits.exp()
+        return self._probs
 
     def sample(self) -> torch.Tensor:
         probs = self.probs

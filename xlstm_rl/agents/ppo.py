@@ -13,6 +13,7 @@ with the plain policy-gradient loss ``-A * log pi`` and an unclipped value loss.
 
 from __future__ import annotations
 
+import functools
 from collections import defaultdict
 
 import torch
@@ -53,14 +54,33 @@ def chunk_states(
 def loss_terms(
     policy: Policy, part: TensorDict, state: TensorDict, config: TrainConfig
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """Loss over one chunk of sequences (its mean over steps), and diagnostics."""
+    """Loss over one chunk of sequences (its mean over steps), and diagnostics.
+
+    With ``config.compile`` the loss (policy forward included) runs compiled, and its
+    backward as the compiled graph's backward, for cores whose sequence form traces whole
+    (``compile_sequence``); LSTM and GRU run torch's fused layers eagerly."""
+    core = getattr(policy, "module", policy).core  # under DDP, the wrapped policy's
+    loss_fn = _compiled_loss() if config.compile and core.compile_sequence else _loss
+    inputs = {key: part[key] for key in INPUT_KEYS}
+    columns = [part[key] for key in ("resets", "action", "log_prob", "value")]
+    return loss_fn(policy, inputs, state, *columns, part["advantages"], part["returns"], config)
+
+
+@functools.cache
+def _compiled_loss():
+    return torch.compile(_loss)
+
+
+def _loss(
+    policy, inputs, state, resets, action, old_log_prob, old_value, advantages, returns, config
+):
+    """The loss on plain tensors (and the state), so torch.compile traces it whole."""
     ppo = config.ppo
-    dist, value, _ = policy(part.select(*INPUT_KEYS), state, part["resets"])
-    log_prob = dist.log_prob(part["action"])
+    dist, value, _ = policy(inputs, state, resets)
+    log_prob = dist.log_prob(action)
     entropy = dist.entropy().mean()
-    log_ratio = log_prob - part["log_prob"]
+    log_ratio = log_prob - old_log_prob
     ratio = log_ratio.exp()
-    advantages, returns = part["advantages"], part["returns"]
 
     if config.algo == "a2c":
         policy_loss = -(advantages * log_prob).mean()
@@ -69,7 +89,6 @@ def loss_terms(
         clipped_ratio = ratio.clamp(1 - ppo.clip_coef, 1 + ppo.clip_coef)
         policy_loss = torch.max(-advantages * ratio, -advantages * clipped_ratio).mean()
         if ppo.clip_vloss:
-            old_value = part["value"]
             value_clipped = old_value + (value - old_value).clamp(-ppo.clip_coef, ppo.clip_coef)
             value_loss = (
                 0.5 * torch.max((value - returns).pow(2), (value_clipped - returns).pow(2)).mean()

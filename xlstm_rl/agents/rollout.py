@@ -46,8 +46,17 @@ class Collector:
     it started from, which training re-runs the core from.
     """
 
-    def __init__(self, envs: VectorEnv, policy: Policy, rollout_len: int, device: torch.device):
+    def __init__(
+        self,
+        envs: VectorEnv,
+        policy: Policy,
+        rollout_len: int,
+        device: torch.device,
+        compile: bool = False,
+    ):
+        """``compile``: act through ``torch.compile(policy.step)``."""
         self.envs, self.policy = envs, policy
+        self.step = torch.compile(policy.step) if compile else policy.step
         self.rollout_len, self.device = rollout_len, device
         self.obs_space = envs.single_observation_space
         num_envs = envs.num_envs
@@ -74,19 +83,21 @@ class Collector:
     def _collect(self) -> tuple[TensorDict, list[dict]]:
         # Plain tensors and per-key lists inside the loop: a TensorDict per step cost more
         # than the env step (its checks); the rollout is built once at the end.
-        policy, head, device, obs_space = (
-            self.policy,
+        step, head, device, obs_space = (
+            self.step,
             self.policy.actor,
             self.device,
             self.obs_space,
         )
-        carry, state = self.carry, self.state
+        # inference-mode copies: every step then sees the same kind of tensor (a compiled
+        # step would otherwise be compiled twice, for the first step and the rest)
+        carry, state = self.carry.clone(), self.state.clone()
         inputs = {key: carry[key] for key in INPUT_KEYS}
         episode_start = carry["episode_start"]
         steps = {key: [] for key in (*INPUT_KEYS, *STEP_KEYS)}
         episodes = []
         for t in range(self.rollout_len):
-            dist, value, next_state = policy.step(inputs, state, episode_start)
+            dist, value, next_state = step(inputs, state, episode_start)
             action = dist.sample()
             obs, reward, terminated, truncated, infos = self.envs.step(head.to_env(action))
 
@@ -104,7 +115,7 @@ class Collector:
                     "prev_action": action,
                     "prev_reward": reward,
                 }
-                _, final_value, _ = policy.step(final, next_state, torch.zeros_like(truncated))
+                _, final_value, _ = step(final, next_state, torch.zeros_like(truncated))
                 bootstrap = torch.where(truncated, final_value, torch.zeros_like(value))
             record = {
                 **inputs,
@@ -130,7 +141,7 @@ class Collector:
             for episode in episode_info(infos):
                 episodes.append({**episode, "rollout_step": t})
 
-        _, last_value, _ = policy.step(inputs, state, episode_start)
+        _, last_value, _ = step(inputs, state, episode_start)
         self.state = state
         self.carry = TensorDict(
             {**inputs, "episode_start": episode_start}, batch_size=carry.batch_size, device=device

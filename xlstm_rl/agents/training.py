@@ -180,6 +180,10 @@ def train(
 
 def _train(config, payload, resume, world, device, progress) -> TrainResult:
     run_dir = Path(config.log_dir) / config.name
+    if config.compile and world.size > 1:
+        raise ValueError(
+            "compile is not supported with more than one process yet; set compile: false"
+        )
     if config.torch_threads:
         # Small recurrent models step fastest on one thread; more threads mostly contend.
         torch.set_num_threads(config.torch_threads)
@@ -198,7 +202,7 @@ def _train(config, payload, resume, world, device, progress) -> TrainResult:
     ).to(device)
     # fused: one kernel for all parameters (0.3 ms a step on the CPU, against 1.4 ms)
     optimizer = torch.optim.Adam(policy.parameters(), lr=config.ppo.lr, eps=1e-5, fused=True)
-    collector = Collector(envs, policy, config.ppo.rollout_len, device)
+    collector = Collector(envs, policy, config.ppo.rollout_len, device, compile=config.compile)
     start_update, global_step = 0, 0
     recent = deque(maxlen=100)  # returns of the latest finished episodes (of all ranks)
     if payload is not None:
