@@ -14,7 +14,14 @@ and the ratio of each of our agents' steps/s to its steps/s is printed.
 The load average before and after is printed too: other jobs on the machine move
 steps/s a lot, so compare ratios from one run.
 
-    python scripts/bench_ppo.py [--steps 32768] [--cores mlstm gru ...] [--json out.json]
+``--compile on`` trains with ``compile: true`` (torch.compile of the acting step and
+the loss), ``--compile both`` runs each core both ways. The compile time is part of
+the wall time: torch caches compiled code on disk, so a second run of the script
+compiles much faster than the first (``--cold-cache`` points torch at an empty cache
+to time the first-ever run).
+
+    python scripts/bench_ppo.py [--steps 32768] [--cores mlstm gru ...] [--compile both]
+                                [--json out.json]
 """
 
 from __future__ import annotations
@@ -35,8 +42,9 @@ NUM_ENVS, ROLLOUT_LEN, HIDDEN, EPOCHS, MINIBATCHES, LR, ENT_COEF = 8, 128, 128, 
 CORES = ["mlstm", "slstm", "xlstm", "lstm", "gru", "mlp"]
 
 
-def ours(core: str, steps: int, threads: int, log_dir: str) -> dict:
+def ours(core: str, steps: int, threads: int, log_dir: str, compile: bool = False) -> dict:
     config = {
+        "compile": compile,
         "env": {"id": ENV_ID, "num_envs": NUM_ENVS},
         "core": {"name": core, "hidden_size": HIDDEN},
         "policy": {"prev_action": True, "encoder_size": HIDDEN},
@@ -54,13 +62,13 @@ def ours(core: str, steps: int, threads: int, log_dir: str) -> dict:
         "checkpoint_every": 0,
         "torch_threads": threads,
         "log_dir": log_dir,
-        "name": f"bench-{core}",
+        "name": f"bench-{core}-{'compiled' if compile else 'eager'}",
     }
     start = time.perf_counter()
     result = train(config, progress=False)
     seconds = time.perf_counter() - start
     return {
-        "agent": f"xlstm-rl PPO {core}",
+        "agent": f"xlstm-rl PPO {core}" + (" +compile" if compile else ""),
         "steps": result.global_step,
         "seconds": seconds,
         "sps": result.global_step / seconds,
@@ -111,16 +119,22 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=32 * NUM_ENVS * ROLLOUT_LEN)
     parser.add_argument("--cores", nargs="+", default=CORES)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--compile", choices=["off", "on", "both"], default="off")
+    parser.add_argument("--cold-cache", action="store_true", help="compile into an empty cache")
     parser.add_argument("--json", help="also write the rows here")
     args = parser.parse_args()
+    modes = {"off": [False], "on": [True], "both": [False, True]}[args.compile]
 
     rows = []
     _print_load("before")  # other jobs on the machine move steps/s a lot: say how busy it was
-    print(f"{'agent':34s} {'steps':>8s} {'seconds':>8s} {'steps/s':>8s} {'return':>7s}")
+    print(f"{'agent':43s} {'steps':>8s} {'seconds':>8s} {'steps/s':>8s} {'return':>7s}")
     with tempfile.TemporaryDirectory() as log_dir:
+        if args.cold_cache:  # read before the first compile
+            os.environ["TORCHINDUCTOR_CACHE_DIR"] = os.path.join(log_dir, "inductor")
         for core in args.cores:
-            rows.append(ours(core, args.steps, args.threads, log_dir))
-            _print(rows[-1])
+            for compile in modes:
+                rows.append(ours(core, args.steps, args.threads, log_dir, compile))
+                _print(rows[-1])
     baseline = sb3_recurrent_ppo(args.steps, args.threads)
     if baseline is None:
         print("sb3-contrib is not installed: no RecurrentPPO baseline (pip install sb3-contrib)")
@@ -143,7 +157,7 @@ def _print_load(when: str) -> None:
 
 def _print(row: dict) -> None:
     print(
-        f"{row['agent']:34s} {row['steps']:8d} {row['seconds']:8.1f} {row['sps']:8.0f} "
+        f"{row['agent']:43s} {row['steps']:8d} {row['seconds']:8.1f} {row['sps']:8.0f} "
         f"{row['return']:7.3f}",
         flush=True,
     )
