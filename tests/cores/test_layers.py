@@ -87,13 +87,13 @@ def test_swiglu_gate_backward_matches_autograd(compiling, monkeypatch):
 
 @pytest.mark.parametrize("name", ["mlstm", "xlstm", "slstm", "transformer", "mlp"])
 def test_core_compiles_to_one_graph(name):
-    """Every core that declares ``compile_sequence``: torch.compile traces a whole training
-    pass (conv, cell, feed-forward, the sLSTM's loop) without a graph break, and agrees
-    with eager."""
+    """torch.compile traces a whole training pass (conv, cell, feed-forward, the sLSTM's
+    loop) without a graph break, and agrees with eager. (Training compiles the sequence
+    form only where ``compile_sequence`` is set: sLSTM stacks trace, but slowly.)"""
     torch.manual_seed(0)
     options = {} if name == "mlp" else {"num_heads": 2}
-    core = build_core(name, 8, 16, **options).double()
-    assert core.compile_sequence  # float64: only op order differs
+    core = build_core(name, 8, 16, **options).double()  # float64: only op order differs
+    assert core.compile_sequence == (name in ("mlstm", "transformer", "mlp"))
     x = torch.randn(4, 11, 8, dtype=torch.float64)
     resets = awkward_resets(4, 11)
 

@@ -57,8 +57,8 @@ def loss_terms(
     """Loss over one chunk of sequences (its mean over steps), and diagnostics.
 
     With ``config.compile`` the loss (policy forward included) runs compiled, and its
-    backward as the compiled graph's backward, for cores whose sequence form traces whole
-    (``compile_sequence``); LSTM and GRU run torch's fused layers eagerly."""
+    backward as the compiled graph's backward, for cores that allow it
+    (``compile_sequence``: not LSTM, GRU or sLSTM stacks, whose loss stays eager)."""
     core = getattr(policy, "module", policy).core  # under DDP, the wrapped policy's
     loss_fn = _compiled_loss() if config.compile and core.compile_sequence else _loss
     inputs = {key: part[key] for key in INPUT_KEYS}

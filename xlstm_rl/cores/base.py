@@ -21,9 +21,9 @@ class MemoryCore(nn.Module):
 
     input_size: int
     output_size: int
-    # whether torch.compile can trace `forward` whole for any resets (training's
-    # ``compile`` option compiles the loss only then); False where the sequence form
-    # branches on where the resets fall
+    # whether training's ``compile`` option compiles the loss (the sequence form) too, or
+    # only the acting step: False where the sequence form branches on where the resets
+    # fall (a compile per pattern) or steps through time in Python (a graph T steps long)
     compile_sequence: bool = True
 
     def _state_shapes(self) -> dict[str, tuple[int, ...]]:

@@ -19,7 +19,7 @@ _CELL_WEIGHTS = ("weight_ih", "weight_hh", "bias_ih", "bias_hh")
 class _TorchRNNCore(MemoryCore):
     rnn_cls: type[nn.RNNBase]
     state_keys: tuple[str, ...]
-    compile_sequence = False  # cut at data-dependent reset points: one compile per pattern
+    compile_sequence = False  # cut where resets fall: one compile per reset pattern
 
     def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1):
         super().__init__()

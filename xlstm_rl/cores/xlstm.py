@@ -69,6 +69,9 @@ class XLSTMCore(MemoryCore):
             for letter in config.pattern
         )
         self.norm_out = nn.LayerNorm(config.hidden_size)
+        # the sLSTM's sequence form is a loop over time: compiled, a graph T steps long
+        # (minutes of compile for a 128-step rollout, measured by scripts/bench_ppo.py)
+        self.compile_sequence = "s" not in config.pattern
 
     def _state_shapes(self) -> dict[str, tuple[int, ...]]:
         return {
