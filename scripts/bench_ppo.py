@@ -21,7 +21,7 @@ compiles much faster than the first (``--cold-cache`` points torch at an empty c
 to time the first-ever run).
 
     python scripts/bench_ppo.py [--steps 32768] [--cores mlstm gru ...] [--compile both]
-                                [--json out.json]
+                                [--core-options JSON] [--seed 1] [--json out.json]
 """
 
 from __future__ import annotations
@@ -42,11 +42,20 @@ NUM_ENVS, ROLLOUT_LEN, HIDDEN, EPOCHS, MINIBATCHES, LR, ENT_COEF = 8, 128, 128, 
 CORES = ["mlstm", "slstm", "xlstm", "lstm", "gru", "mlp"]
 
 
-def ours(core: str, steps: int, threads: int, log_dir: str, compile: bool = False) -> dict:
+def ours(
+    core: str,
+    steps: int,
+    threads: int,
+    log_dir: str,
+    compile: bool = False,
+    options: dict | None = None,
+    seed: int = 1,
+) -> dict:
     config = {
         "compile": compile,
+        "seed": seed,
         "env": {"id": ENV_ID, "num_envs": NUM_ENVS},
-        "core": {"name": core, "hidden_size": HIDDEN},
+        "core": {"name": core, "hidden_size": HIDDEN, "options": options or {}},
         "policy": {"prev_action": True, "encoder_size": HIDDEN},
         "ppo": {
             "rollout_len": ROLLOUT_LEN,
@@ -76,7 +85,7 @@ def ours(core: str, steps: int, threads: int, log_dir: str, compile: bool = Fals
     }
 
 
-def sb3_recurrent_ppo(steps: int, threads: int) -> dict | None:
+def sb3_recurrent_ppo(steps: int, threads: int, seed: int = 1) -> dict | None:
     try:
         from sb3_contrib import RecurrentPPO
         from stable_baselines3.common.monitor import Monitor
@@ -87,7 +96,7 @@ def sb3_recurrent_ppo(steps: int, threads: int) -> dict | None:
 
     torch.set_num_threads(threads)
     envs = DummyVecEnv([lambda: Monitor(make_env(ENV_ID)) for _ in range(NUM_ENVS)])
-    envs.seed(1)
+    envs.seed(seed)
     model = RecurrentPPO(
         "MlpLstmPolicy",
         envs,
@@ -98,7 +107,7 @@ def sb3_recurrent_ppo(steps: int, threads: int) -> dict | None:
         ent_coef=ENT_COEF,
         policy_kwargs={"lstm_hidden_size": HIDDEN},
         device="cpu",
-        seed=1,
+        seed=seed,
         verbose=0,
     )
     start = time.perf_counter()
@@ -121,6 +130,13 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--compile", choices=["off", "on", "both"], default="off")
     parser.add_argument("--cold-cache", action="store_true", help="compile into an empty cache")
+    parser.add_argument(
+        "--core-options",
+        type=json.loads,
+        default={},
+        help='core options for our agents, as JSON: \'{"igate_bias": -6, "fgate_bias": [1, 4]}\'',
+    )
+    parser.add_argument("--seed", type=int, default=1, help="seed of every run, RecurrentPPO's too")
     parser.add_argument("--json", help="also write the rows here")
     args = parser.parse_args()
     modes = {"off": [False], "on": [True], "both": [False, True]}[args.compile]
@@ -133,9 +149,10 @@ def main() -> None:
             os.environ["TORCHINDUCTOR_CACHE_DIR"] = os.path.join(log_dir, "inductor")
         for core in args.cores:
             for compile in modes:
-                rows.append(ours(core, args.steps, args.threads, log_dir, compile))
+                run = (args.steps, args.threads, log_dir, compile, args.core_options, args.seed)
+                rows.append(ours(core, *run))
                 _print(rows[-1])
-    baseline = sb3_recurrent_ppo(args.steps, args.threads)
+    baseline = sb3_recurrent_ppo(args.steps, args.threads, args.seed)
     if baseline is None:
         print("sb3-contrib is not installed: no RecurrentPPO baseline (pip install sb3-contrib)")
     else:
