@@ -39,7 +39,7 @@ def check_report(out: Path, suite) -> None:
         png = out / "report" / f"curves_{env.name}.png"
         assert png.read_bytes()[:8] == PNG_MAGIC and png.stat().st_size > 1000
     assert (out / "report" / "summary.png").read_bytes()[:8] == PNG_MAGIC
-    assert "95% Student-t interval" in report and "MMER" in report
+    assert "95% Student-t interval" in report and "| core | mean eval return | mean MMER |" in report
     floors = json.loads((out / "report" / "random_floor.json").read_text())
     assert sorted(floors) == sorted(env.name for env in suite.envs)
     for env in suite.envs:
@@ -194,3 +194,43 @@ def test_steps_to_solve_is_the_first_window_that_meets_the_threshold():
     assert steps_to_solve(curve, window=3, threshold=0.9) == 400  # (1.0 + 0.8 + 1.0) / 3 > 0.9
     assert steps_to_solve(curve, window=3, threshold=1.0) is None
     assert steps_to_solve(curve[:2], window=3, threshold=0.0) is None
+
+
+def test_per_core_summary_means_eval_and_mmer_over_envs_then_seeds():
+    from xlstm_rl.suite.report import Run, per_core_summary
+
+    suite = suite_from_dict(
+        {
+            "name": "s",
+            "cores": ["a", "b"],
+            "seeds": [1, 2],
+            "mmer_window": 2,
+            "envs": [{"name": "E1", "id": "x-v0"}, {"name": "E2", "id": "y-v0"}],
+        }
+    )
+    ok = {"status": "ok"}
+
+    def run(env, core, seed, final, curve, status=ok):
+        result = {**status, "final_eval": {"return_mean": final}}
+        return Run(env, core, seed, result, [(i, v) for i, v in enumerate(curve)])
+
+    runs = [
+        # core a: MMER per run = best mean of 2 consecutive updates
+        run("E1", "a", 1, 0.2, [0.0, 0.4, 0.6, 0.2]),  # MMER 0.5
+        run("E2", "a", 1, 0.4, [0.1, 0.1]),  # MMER 0.1
+        run("E1", "a", 2, 0.6, [0.9, 0.7]),  # MMER 0.8
+        run("E2", "a", 2, 0.8, [0.0, 0.2, 0.4]),  # MMER 0.3
+        # core b: seed 2 failed on E2, so only seed 1 counts
+        run("E1", "b", 1, -1.0, [-1.0]),
+        run("E2", "b", 1, 0.0, [0.0]),
+        run("E1", "b", 2, 1.0, [1.0]),
+        run("E2", "b", 2, 1.0, [1.0], status={"status": "failed"}),
+    ]
+    summary = per_core_summary(runs, suite)
+    eval_mean, _, mmer_mean, _, seeds = summary["a"]
+    assert seeds == 2
+    assert eval_mean == pytest.approx((0.3 + 0.7) / 2)
+    assert mmer_mean == pytest.approx((0.3 + 0.55) / 2)
+    eval_b, eval_b_ci, mmer_b, _, seeds_b = summary["b"]
+    assert seeds_b == 1 and eval_b == pytest.approx(-0.5) and mmer_b == pytest.approx(-0.5)
+    assert eval_b_ci != eval_b_ci  # one seed: no interval (nan)

@@ -156,22 +156,22 @@ def steps_label(runs: list[Run]) -> str:
     return str(steps[0]) if len(steps) == 1 else f"{steps[0]}-{steps[-1]}"
 
 
-def per_core_summary(runs: list[Run], suite: SuiteSpec) -> dict[str, tuple[float, float, int]]:
-    """Per core: the mean over envs of the final eval return, per seed, then its t-interval.
-
-    Only envs with finished runs count, and only seeds with a successful run on each.
-    """
+def per_core_summary(runs: list[Run], suite: SuiteSpec) -> dict[str, tuple]:
+    """Per core: the means over envs of the final eval return and of the MMER, per seed,
+    then their t-intervals over seeds: (eval mean, eval half-width, MMER mean, MMER
+    half-width, seeds). Only envs with finished runs count, and only seeds with a
+    successful run on each."""
     summary = {}
     ran_envs = {r.env for r in runs}
     for core in suite.cores:
-        per_seed = []
+        evals, mmers = [], []
         for seed in suite.seeds:
-            values = [
-                r.final("return_mean") for r in runs if r.core == core and r.seed == seed and r.ok
-            ]
-            if values and len(values) == len(ran_envs):
-                per_seed.append(sum(values) / len(values))
-        summary[core] = (*mean_ci(per_seed), len(per_seed))
+            done = [r for r in runs if r.core == core and r.seed == seed and r.ok]
+            if done and len(done) == len(ran_envs):
+                evals.append(sum(r.final("return_mean") for r in done) / len(done))
+                mmer = [rolling_max_mean([v for _, v in r.curve], suite.mmer_window) for r in done]
+                mmers.append(sum(mmer) / len(mmer))
+        summary[core] = (*mean_ci(evals), *mean_ci(mmers), len(evals))
     return summary
 
 
@@ -294,13 +294,13 @@ def render_markdown(
     summary = per_core_summary(runs, suite)
     lines += ["", "## Per core, mean over environments", ""]
     lines += [
-        "Mean final eval return over the environments with finished runs, per seed, then "
-        "over seeds (only seeds finished on every such environment count).",
+        "Mean final eval return and mean MMER over the environments with finished runs, "
+        "per seed, then over seeds (only seeds finished on every such environment count).",
         "",
     ]
     lines += _table(
-        ["core", "mean eval return", "seeds"],
-        [[core, fmt(m, h), n] for core, (m, h, n) in summary.items()],
+        ["core", "mean eval return", "mean MMER", "seeds"],
+        [[core, fmt(m, h), fmt(mm, mh), n] for core, (m, h, mm, mh, n) in summary.items()],
     )
     if suite.horizon:
         metric, threshold = suite.solve["metric"], suite.solve["threshold"]
