@@ -39,7 +39,8 @@ def check_report(out: Path, suite) -> None:
         png = out / "report" / f"curves_{env.name}.png"
         assert png.read_bytes()[:8] == PNG_MAGIC and png.stat().st_size > 1000
     assert (out / "report" / "summary.png").read_bytes()[:8] == PNG_MAGIC
-    assert "95% Student-t interval" in report and "| core | mean eval return | mean MMER |" in report
+    assert "95% Student-t interval" in report
+    assert "| core | mean eval return | mean MMER | seeds |" in report
     floors = json.loads((out / "report" / "random_floor.json").read_text())
     assert sorted(floors) == sorted(env.name for env in suite.envs)
     for env in suite.envs:
