@@ -5,6 +5,8 @@ Real torch.compile (inductor, a C++ compiler on the CPU): about a minute in all.
 from __future__ import annotations
 
 import dataclasses
+import os
+import shutil
 
 import pytest
 import torch
@@ -13,6 +15,12 @@ from tests.agents.conftest import make_collector, tiny_config
 from xlstm_rl.agents import train
 from xlstm_rl.agents.ppo import loss_terms
 from xlstm_rl.agents.rollout import compute_advantages
+
+# inductor builds C++ on the CPU: without a compiler, compile: true cannot work at all
+pytestmark = pytest.mark.skipif(
+    not any(shutil.which(c) for c in (os.environ.get("CXX", "g++"), "g++", "c++", "clang++")),
+    reason="torch.compile on the CPU needs a C++ compiler",
+)
 
 MLSTM = {"core.name": "mlstm", "core.options": {"num_heads": 2}}
 
