@@ -80,6 +80,10 @@ class Run:
     def ok(self) -> bool:
         return self.result.get("status") == "ok"
 
+    def mmer(self, window: int) -> float:
+        """POPGym's MMER of this run's training curve."""
+        return rolling_max_mean([v for _, v in self.curve], window)
+
     def final(self, key: str) -> float:
         value = (self.result.get("final_eval") or {}).get(key)
         return float("nan") if value is None else float(value)
@@ -127,7 +131,7 @@ def aggregate(runs: list[Run], suite: SuiteSpec) -> list[dict[str, Any]]:
         for core in suite.cores:
             group = [r for r in runs if r.env == env.name and r.core == core]
             ok = [r for r in group if r.ok]
-            mmer = [rolling_max_mean([v for _, v in r.curve], suite.mmer_window) for r in ok]
+            mmer = [r.mmer(suite.mmer_window) for r in ok]
             ret, ret_ci = mean_ci([r.final("return_mean") for r in ok])
             succ, succ_ci = mean_ci([r.final("success_rate") for r in ok])
             mm, mm_ci = mean_ci(mmer)
@@ -169,8 +173,7 @@ def per_core_summary(runs: list[Run], suite: SuiteSpec) -> dict[str, tuple]:
             done = [r for r in runs if r.core == core and r.seed == seed and r.ok]
             if done and len(done) == len(ran_envs):
                 evals.append(sum(r.final("return_mean") for r in done) / len(done))
-                mmer = [rolling_max_mean([v for _, v in r.curve], suite.mmer_window) for r in done]
-                mmers.append(sum(mmer) / len(mmer))
+                mmers.append(sum(r.mmer(suite.mmer_window) for r in done) / len(done))
         summary[core] = (*mean_ci(evals), *mean_ci(mmers), len(evals))
     return summary
 
