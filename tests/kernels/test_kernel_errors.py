@@ -182,3 +182,26 @@ def test_empty_sequence_is_rejected():
 def test_chunk_size_must_be_a_positive_int(chunk_size):
     with pytest.raises(ValueError, match="chunk_size must be a positive int"):
         mlstm_sequence(*mlstm_args(), backend="chunkwise", chunk_size=chunk_size)
+
+
+def test_inputs_on_another_device_are_rejected():
+    """A tensor on another device than q (or g) is named, with both devices ("meta"
+    stands in for a GPU here)."""
+    inputs = mlstm_args()
+    elsewhere = torch.zeros(B, T, dtype=torch.bool, device="meta")
+    with pytest.raises(ValueError, match="resets is on meta but q is on cpu"):
+        mlstm_sequence(*inputs, resets=elsewhere)
+    q, k, v, i, f = inputs
+    with pytest.raises(ValueError, match="f is on meta but q is on cpu"):
+        mlstm_sequence(q, k, v, i, f.to("meta"))
+    C, n, m = random_state(B, H, DK, DV)
+    with pytest.raises(ValueError, match="state is on meta but q is on cpu"):
+        mlstm_step(*step_args(), (C, n.to("meta"), m))
+    h_out = torch.empty(B, H, DV, device="meta")
+    with pytest.raises(ValueError, match="out h is on meta but q is on cpu"):
+        mlstm_step(*step_args(), (C, n, m), out=(h_out, (C, n, m)))
+    g, R = slstm_args()
+    with pytest.raises(ValueError, match="R is on meta but g is on cpu"):
+        slstm_sequence(g, R.to("meta"))
+    with pytest.raises(ValueError, match="reset is on meta but g is on cpu"):
+        slstm_step(g[:, 0], R, None, reset=torch.zeros(B, dtype=torch.bool, device="meta"))

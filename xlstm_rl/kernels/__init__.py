@@ -40,6 +40,7 @@ def mlstm_sequence(q, k, v, i, f, *, resets=None, state=None, backend="auto", ch
         raise ValueError("mlstm_sequence needs T >= 1")
     validate.check_mask("resets", resets, (B, T), "B T")
     validate.check_mlstm_state(state, B, H, Dk, Dv)
+    _same_device(q, k, v, i, f, resets, state)
     fn = resolve("mlstm_sequence", backend, q)
     return fn(q, k, v, i, f, resets=resets, state=state, chunk_size=chunk_size)
 
@@ -56,7 +57,15 @@ def mlstm_step(q, k, v, i, f, state, *, reset=None, backend="auto", out=None):
         h_out, state_out = out
         validate.check_shape("out h", h_out, (B, H, Dv), "B H Dv")
         validate.check_mlstm_state(state_out, B, H, Dk, Dv)
+    _same_device(q, k, v, i, f, reset, state, *(() if out is None else (out[0], out[1])))
     return resolve("mlstm_step", backend, q)(q, k, v, i, f, state, reset=reset, out=out)
+
+
+def _same_device(q, k, v, i, f, resets, state, h_out=None, state_out=None) -> None:
+    validate.check_devices(
+        "q", q, ("k", k), ("v", v), ("i", i), ("f", f), ("resets", resets), ("state", state),
+        ("out h", h_out), ("out state", state_out),
+    )  # fmt: skip
 
 
 def _check_slstm(g: torch.Tensor, R: torch.Tensor, time_axis: bool) -> tuple[int, ...]:
@@ -90,6 +99,7 @@ def slstm_sequence(g, R, *, resets=None, state=None, backend="auto"):
         raise ValueError("slstm_sequence needs T >= 1")
     validate.check_mask("resets", resets, (B, T), "B T")
     _check_slstm_state(state, B, H, Dh)
+    validate.check_devices("g", g, ("R", R), ("resets", resets), ("state", state))
     return resolve("slstm_sequence", backend, g)(g, R, resets=resets, state=state)
 
 
@@ -98,6 +108,7 @@ def slstm_step(g, R, state, *, reset=None, backend="auto"):
     B, _, H, Dh = _check_slstm(g, R, time_axis=False)
     validate.check_mask("reset", reset, (B,), "B")
     _check_slstm_state(state, B, H, Dh)
+    validate.check_devices("g", g, ("R", R), ("reset", reset), ("state", state))
     return resolve("slstm_step", backend, g)(g, R, state, reset=reset)
 
 

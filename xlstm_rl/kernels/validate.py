@@ -42,6 +42,19 @@ def check_mask(name: str, mask: torch.Tensor | None, expected: tuple, names: str
     check_shape(name, mask, expected, names)
 
 
+def check_devices(like: str, x: torch.Tensor, *others) -> None:
+    """Every tensor in `others` (name, tensor-or-None or a tuple of tensors) sits on x's device."""
+    for name, y in others:
+        if y is None:
+            continue
+        for t in y if isinstance(y, (tuple, list)) else (y,):
+            if isinstance(t, torch.Tensor) and t.device != x.device:
+                raise ValueError(
+                    f"{name} is on {t.device} but {like} is on {x.device}; "
+                    "every input must be on the same device"
+                )
+
+
 def check_mlstm_inputs(q, k, v, i, f, *, time_axis: bool) -> tuple[int, ...]:
     """Validate q, k, v, i, f; return (B, H, T, Dk, Dv), with T = 1 for the step form."""
     for name, x in (("q", q), ("k", k), ("v", v), ("i", i), ("f", f)):
