@@ -125,6 +125,36 @@ def test_sequence_gradients(T, Dk, Dv, chunk_size, resets_kind, with_state):
         assert_close(g, g_ref, FP32["grad"], f"d{name}")
 
 
+# Compiled kernels at training shapes: the default chunk (64) and chunks above the cap,
+# head dims up to 256, Dk != Dv. Too slow for the interpreter, so GPU only; the
+# interpreter tests above cover the same code paths at tiny shapes.
+GPU_CASES = [
+    (300, 64, 64, 64, torch.float32),
+    (300, 64, 128, 256, torch.float32),
+    (200, 256, 256, 64, torch.float32),
+    (300, 128, 128, 64, torch.bfloat16),
+]
+
+
+@pytest.mark.skipif(DEVICE != "cuda", reason="training shapes: compiled kernels on a GPU only")
+@pytest.mark.parametrize("T, Dk, Dv, chunk_size, dtype", GPU_CASES)
+def test_sequence_training_shapes_on_gpu(T, Dk, Dv, chunk_size, dtype):
+    inputs, resets, state = case_inputs(T, Dk, Dv, "random", True)
+    # the reference sees the same rounded inputs as the kernel
+    inputs, state = ([x.to(dtype).double() for x in xs] for xs in (inputs, state))
+    (h, S), grads = run_with_grads(mlstm_sequence_triton, inputs, resets, state, chunk_size,
+                                   dtype)  # fmt: skip
+    (h_ref, S_ref), grads_ref = run_with_grads(mlstm_sequence_chunkwise, inputs, resets, state,
+                                               64, torch.float64)  # fmt: skip
+    tol = TOLERANCES[dtype]
+    assert_close(h, h_ref, tol["h"], "h")
+    for name, a, b in zip("Cn", true_units(S), true_units(S_ref)):
+        assert_close(a, b, tol["state"], f"{name} (true units)")
+    assert grads.pop() is None and grads_ref.pop() is None  # m0 carries no gradient
+    for name, g, g_ref in zip(["q", "k", "v", "i", "f", "C0", "n0"], grads, grads_ref):
+        assert_close(g, g_ref, tol["grad"], f"d{name}")
+
+
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("T, resets_kind", [(20, "random"), (40, "boundaries")])
 def test_sequence_low_precision_forward(dtype, T, resets_kind):
@@ -202,7 +232,9 @@ def test_long_run_stays_finite():
     resets = torch.zeros(1, T, dtype=torch.bool)
     resets[0, 5000] = True
     h, S = mlstm_sequence_triton(*to(inputs), resets=resets.to(DEVICE), chunk_size=256)
-    _, S_ref = mlstm_sequence_chunkwise(*to(inputs, torch.float64), resets=resets, chunk_size=256)
+    _, S_ref = mlstm_sequence_chunkwise(
+        *to(inputs, torch.float64), resets=resets.to(DEVICE), chunk_size=256
+    )
     assert torch.isfinite(h).all() and all(torch.isfinite(s).all() for s in S)
     for a, b in zip(true_units(S), true_units(S_ref)):
         assert_close(a, b, FP32["state"], "state after 20,000 steps")
@@ -312,3 +344,23 @@ def test_availability_reasons(monkeypatch):
 
 def test_debug_buffers_start_as_nan():
     assert torch.isnan(triton_backends.empty(3, device="cpu")).all()
+
+
+def test_triton_backend_runs_under_torch_compile():
+    """A compiled caller runs the Triton kernels as they are (dynamo does not trace into
+    them) and gets the eager outputs and gradients."""
+    inputs, resets, state = case_inputs(20, 16, 16, "random", True)
+    r = resets.to(DEVICE)
+
+    def loss(q, k, v, i, f):
+        h, (C, n, _) = mlstm_sequence(q, k, v, i, f, resets=r, state=to(state), backend="triton")
+        return (h.square() * 2).sum() + C.sum() + n.sum()
+
+    compiled = torch.compile(loss, backend="aot_eager")
+    grads = []
+    for fn in (loss, compiled):
+        xs = [x.requires_grad_() for x in to(inputs)]
+        fn(*xs).backward()
+        grads.append([x.grad for x in xs])
+    for name, g, g_ref in zip("qkvif", *grads):
+        assert_close(g, g_ref, 1e-6, f"d{name}")

@@ -117,7 +117,10 @@ def _register() -> None:
 
     fns = (mlstm_sequence_triton, mlstm_step_triton, slstm_sequence_triton, slstm_step_triton)
     for op, fn in zip(ops, fns):
-        register_backend(op, "triton", fn, unavailable)
+        # torch.compile does not trace into these (dynamo failed on the chunkwise kernels'
+        # launch, torch 2.11, H100): a compiled caller breaks its graph around each call
+        # and runs the kernel as it is, forward and backward.
+        register_backend(op, "triton", torch.compiler.disable(fn), unavailable)
 
 
 _register()

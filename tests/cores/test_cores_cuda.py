@@ -1,0 +1,91 @@
+"""Cores on a GPU: with backend "auto" the mLSTM and sLSTM cores run the Triton kernels
+(chunkwise forward and backward for training, the fused step for acting) with no change
+to the caller's code, and give what the torch forms give on the CPU.
+
+Skipped without CUDA (the kernels themselves are tested on the CPU under Triton's
+interpreter in tests/kernels); run on a GPU machine with `python -m pytest tests/cores`.
+"""
+
+import pytest
+import torch
+
+from tests.cores.test_cores import B, T, assert_states_close, inputs, make
+from xlstm_rl.kernels import registry
+
+pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+
+# cores with an mLSTM or sLSTM cell, and a short pattern that mixes both
+NAMES = ["mlstm", "slstm", "xlstm"]
+
+
+def _spy_triton(monkeypatch):
+    """Count calls of the Triton backends that "auto" hands out."""
+    calls = {}
+    for op, table in registry._BACKENDS.items():
+        if "triton" not in table:
+            continue
+        backend = table["triton"]
+
+        def counted(*args, _fn=backend.fn, _op=op, **kwargs):
+            calls[_op] = calls.get(_op, 0) + 1
+            return _fn(*args, **kwargs)
+
+        monkeypatch.setitem(table, "triton", registry.Backend(counted, backend.unavailable))
+    return calls
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_cuda_core_matches_cpu_float64(name, monkeypatch):
+    """forward (with resets) and every parameter's gradient, float32 on the GPU through
+    the Triton kernels, against the same core in float64 on the CPU."""
+    calls = _spy_triton(monkeypatch)
+    ref = make(name, torch.float64)
+    gpu = make(name, torch.float32).cuda()
+    x, resets = inputs(torch.float64)
+    y_ref, s_ref = ref(x, ref.initial_state(B), resets)
+    y_gpu, s_gpu = gpu(x.float().cuda(), gpu.initial_state(B, device="cuda"), resets.cuda())
+    seq_op = "slstm_sequence" if name == "slstm" else "mlstm_sequence"
+    assert calls.get(seq_op, 0) > 0, f"auto did not pick the Triton {seq_op} on CUDA"
+    torch.testing.assert_close(y_gpu.double().cpu(), y_ref, rtol=1e-4, atol=1e-4)
+    assert_states_close(s_gpu.double().cpu(), s_ref, rtol=1e-4, atol=1e-4)
+
+    g = torch.Generator().manual_seed(2)
+    dy = torch.randn(y_ref.shape, generator=g, dtype=torch.float64)
+    y_ref.backward(dy)
+    y_gpu.backward(dy.float().cuda())
+    for (pname, p_ref), (_, p_gpu) in zip(ref.named_parameters(), gpu.named_parameters()):
+        assert p_gpu.grad is not None, f"no gradient reached {pname}"
+        scale = p_ref.grad.abs().max().clamp_min(1e-6)
+        err = (p_gpu.grad.double().cpu() - p_ref.grad).abs().max() / scale
+        assert err < 1e-3, f"{pname}: gradient relative error {err:.3g}"
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_cuda_steps_equal_sequence(name, monkeypatch):
+    """T calls of step (the fused step kernel) equal one forward over T, resets included."""
+    calls = _spy_triton(monkeypatch)
+    core = make(name, torch.float32).cuda()
+    x, resets = (t.cuda() for t in inputs(torch.float32))
+    state0 = core.initial_state(B, device="cuda")
+    with torch.no_grad():
+        y, state = core(x, state0, resets)
+        ys, s = [], state0
+        for t in range(T):
+            y_t, s = core.step(x[:, t], s, resets[:, t])
+            ys.append(y_t)
+    step_op = "slstm_step" if name == "slstm" else "mlstm_step"
+    assert calls.get(step_op, 0) >= T, f"auto did not pick the Triton {step_op} on CUDA"
+    torch.testing.assert_close(torch.stack(ys, 1), y, rtol=1e-4, atol=1e-4)
+    assert_states_close(s, state, rtol=1e-4, atol=1e-4)
+
+
+def test_cuda_bfloat16_core_trains():
+    """Under bfloat16 autocast the mLSTM core's forward and backward run and stay finite."""
+    core = make("mlstm", torch.float32).cuda()
+    x, resets = (t.cuda() for t in inputs(torch.float32))
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        y, _ = core(x, core.initial_state(B, device="cuda"), resets)
+    y.float().square().mean().backward()
+    assert torch.isfinite(y).all()
+    for pname, p in core.named_parameters():
+        assert p.grad is not None and torch.isfinite(p.grad).all(), pname
