@@ -170,7 +170,11 @@ def test_torchrun_runs_the_cli_on_two_ranks(tmp_path):
         *("--nproc_per_node", str(WORLD), "scripts/train.py"),
         *("--config", str(config_path), "--quiet"),
     ]
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    # prepend: packages reached through an existing PYTHONPATH must stay importable
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]),
+    }
     process = subprocess.Popen(
         command,
         cwd=REPO,

@@ -5,6 +5,7 @@ Each run is a subprocess that imports torch, so these tests take tens of seconds
 
 import csv
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -134,7 +135,8 @@ def test_report_rebuilds_from_finished_runs(smoke, capsys):
 
 
 def test_failed_runs_are_recorded_and_the_suite_goes_on(tmp_path, monkeypatch):
-    monkeypatch.setenv("PYTHONPATH", str(HERE))  # the workers import suite_faulty_envs
+    # the workers import suite_faulty_envs; what an existing PYTHONPATH reaches stays reachable
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(HERE), os.environ.get("PYTHONPATH", "")]))
     smoke = load_suite(SMOKE)
     faulty = {"id": "xlstm_rl_test/Faulty-v0", "overrides": {"env.module": "suite_faulty_envs"}}
     suite = suite_from_dict(
