@@ -22,6 +22,10 @@ to time the first-ever run).
 
     python scripts/bench_ppo.py [--steps 32768] [--cores mlstm gru ...] [--compile both]
                                 [--core-options JSON] [--seed 1] [--json out.json]
+                                [--device cuda] [--num-envs 64]
+
+``--device cuda`` trains our agents on a GPU (the envs stay on the CPU; the cores run
+the Triton kernels); ``--num-envs`` changes our agents' env count (minibatches stay 4).
 """
 
 from __future__ import annotations
@@ -50,11 +54,14 @@ def ours(
     compile: bool = False,
     options: dict | None = None,
     seed: int = 1,
+    device: str = "cpu",
+    num_envs: int = NUM_ENVS,
 ) -> dict:
     config = {
         "compile": compile,
         "seed": seed,
-        "env": {"id": ENV_ID, "num_envs": NUM_ENVS},
+        "device": device,
+        "env": {"id": ENV_ID, "num_envs": num_envs},
         "core": {"name": core, "hidden_size": HIDDEN, "options": options or {}},
         "policy": {"prev_action": True, "encoder_size": HIDDEN},
         "ppo": {
@@ -77,7 +84,10 @@ def ours(
     result = train(config, progress=False)
     seconds = time.perf_counter() - start
     return {
-        "agent": f"xlstm-rl PPO {core}" + (" +compile" if compile else ""),
+        "agent": f"xlstm-rl PPO {core}"
+        + (" +compile" if compile else "")
+        + ("" if device == "cpu" else f" {device}")
+        + ("" if num_envs == NUM_ENVS else f" {num_envs} envs"),
         "steps": result.global_step,
         "seconds": seconds,
         "sps": result.global_step / seconds,
@@ -137,6 +147,10 @@ def main() -> None:
         help='core options for our agents, as JSON: \'{"igate_bias": -6, "fgate_bias": [1, 4]}\'',
     )
     parser.add_argument("--seed", type=int, default=1, help="seed of every run, RecurrentPPO's too")
+    parser.add_argument("--device", default="cpu", help="our agents' device (cpu, cuda)")
+    parser.add_argument(
+        "--num-envs", type=int, default=NUM_ENVS, help="our agents' envs (RecurrentPPO keeps 8)"
+    )
     parser.add_argument("--json", help="also write the rows here")
     args = parser.parse_args()
     modes = {"off": [False], "on": [True], "both": [False, True]}[args.compile]
@@ -150,7 +164,7 @@ def main() -> None:
         for core in args.cores:
             for compile in modes:
                 run = (args.steps, args.threads, log_dir, compile, args.core_options, args.seed)
-                rows.append(ours(core, *run))
+                rows.append(ours(core, *run, device=args.device, num_envs=args.num_envs))
                 _print(rows[-1])
     baseline = sb3_recurrent_ppo(args.steps, args.threads, args.seed)
     if baseline is None:
