@@ -80,5 +80,9 @@ def test_unknown_core_and_options():
         build_core("xlstm", 5, 16, pattern="mxs")
     with pytest.raises(ValueError, match="not divisible by num_heads"):
         build_core("mlstm", 5, 18, num_heads=4)
+    with pytest.raises(ValueError, match="conv_skip needs the conv"):
+        build_core("mlstm", 5, 16, conv_skip=True, conv_kernel=0)
+    with pytest.raises(ValueError, match=r"2 \* 4 != 16"):
+        build_core("mlstm", 5, 16, conv_skip=True, num_heads=2, head_dim=4)
     with pytest.raises(ValueError, match="unknown backend 'cuda-magic'"):
         build_core("mlstm", 5, 16, backend="cuda-magic")

@@ -7,7 +7,9 @@ from tensordict import TensorDict
 
 from xlstm_rl.cores import CORES, build_core
 
-NAMES = sorted(CORES)
+# option variants that change a core's wiring run through every test as well
+VARIANTS = {"mlstm+conv_skip": ("mlstm", {"conv_skip": True})}
+NAMES = sorted(CORES) + sorted(VARIANTS)
 B, T, IN, HID = 3, 23, 5, 16
 OPTIONS = {
     "mlstm": {"num_heads": 2},
@@ -19,7 +21,8 @@ OPTIONS = {
 
 def make(name, dtype=torch.float64, **extra):
     torch.manual_seed(0)
-    core = build_core(name, IN, HID, **{**OPTIONS.get(name, {}), **extra})
+    name, variant = VARIANTS.get(name, (name, {}))
+    core = build_core(name, IN, HID, **{**OPTIONS.get(name, {}), **variant, **extra})
     # non-trivial recurrent weights and gates, so the tests see memory at work
     with torch.no_grad():
         for p in core.parameters():

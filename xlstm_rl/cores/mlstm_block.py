@@ -28,6 +28,9 @@ class MLSTMBlockConfig:
     qk_dim_factor: float = 0.5  # q and k width per head, as a fraction of head_dim
     ffn_factor: float = 1.0
     conv_kernel: int = 4  # reset-aware causal conv before q, k and the gates; 0: none
+    # learnable skip from the conv's activation to each head's normed output (the xLSTM
+    # paper's mLSTM layer has one); needs the conv and num_heads * head_dim == hidden_size
+    conv_skip: bool = False
     gate_cap: float = 15.0
     igate_bias: float = 0.0
     fgate_bias: tuple[float, float] = (3.0, 6.0)  # spread linearly over heads
@@ -55,6 +58,13 @@ class MLSTMBlockConfig:
             raise ValueError(f"chunk_size must be positive or None, got {self.chunk_size}")
         if self.conv_kernel < 0 or self.conv_kernel == 1:
             raise ValueError(f"conv_kernel must be 0 (no conv) or >= 2, got {self.conv_kernel}")
+        width = self.num_heads * self.dh
+        if self.conv_skip and (not self.conv_kernel or width != self.hidden_size):
+            raise ValueError(
+                "conv_skip needs the conv (conv_kernel >= 2) and num_heads * head_dim == "
+                f"hidden_size, got conv_kernel={self.conv_kernel}, "
+                f"{self.num_heads} * {self.dh} != {self.hidden_size}"
+            )
         if self.gate_cap <= 0 or self.ffn_factor <= 0 or not 0 < self.qk_dim_factor <= 4:
             raise ValueError("gate_cap, ffn_factor and qk_dim_factor (<= 4) must be positive")
 
@@ -80,6 +90,7 @@ class MLSTMBlock(nn.Module):
         self.proj_qk = nn.Linear(d, sum(self.split))
         self.proj_vo = nn.Linear(d, 2 * H * dh)
         self.head_norm = HeadNorm(H, dh)
+        self.skip = nn.Parameter(torch.ones(H, dh)) if c.conv_skip else None
         self.out = nn.Linear(H * dh, d)
         self.ffn_norm = nn.LayerNorm(d)
         self.ffn = SwiGLU(d, c.ffn_factor)
@@ -97,7 +108,8 @@ class MLSTMBlock(nn.Module):
         return shapes
 
     def _project(self, x: torch.Tensor, state: TensorDict, resets: torch.Tensor | None):
-        """x (B, T, d) -> q, k, v, o (B, T, H, dh), capped gates i, f (B, T, H), conv state."""
+        """x (B, T, d) -> q, k, v, o (B, T, H, dh), capped gates i, f (B, T, H), conv state,
+        and the conv's activation per head (B, T, H, dh) when conv_skip, else None."""
         c = self.config
         xn = self.norm(x)
         conv_state = None
@@ -111,7 +123,8 @@ class MLSTMBlock(nn.Module):
         heads = (c.num_heads, -1)
         i, f = soft_cap(gates, c.gate_cap).unflatten(-1, (2, c.num_heads)).unbind(-2)
         qkvo = (t.unflatten(-1, heads) for t in (q, k, v, o))
-        return *qkvo, i, f, conv_state
+        skip = xc.unflatten(-1, heads) if self.skip is not None else None
+        return *qkvo, i, f, conv_state, skip
 
     @staticmethod
     def _new_state(C, n, m, conv_state, batch_size) -> TensorDict:
@@ -120,14 +133,18 @@ class MLSTMBlock(nn.Module):
             new["conv"] = conv_state
         return make_state(new, batch_size)
 
-    def _finish(self, x: torch.Tensor, h: torch.Tensor, o: torch.Tensor) -> torch.Tensor:
-        """Per-head norm, output gate, projection, residual, then the feed-forward."""
-        gated = self.head_norm(h) * torch.sigmoid(o)
+    def _finish(self, x: torch.Tensor, h: torch.Tensor, o: torch.Tensor, skip=None):
+        """Per-head norm (plus the conv skip), output gate, projection, residual, then the
+        feed-forward."""
+        h = self.head_norm(h)
+        if skip is not None:
+            h = h + self.skip * skip
+        gated = h * torch.sigmoid(o)
         x = x + self.out(gated.flatten(-2))
         return x + self.ffn(self.ffn_norm(x))
 
     def forward(self, x: torch.Tensor, state: TensorDict, resets: torch.Tensor | None):
-        q, k, v, o, i, f, conv_state = self._project(x, state, resets)
+        q, k, v, o, i, f, conv_state, skip = self._project(x, state, resets)
         h, (C, n, m) = mlstm_sequence(
             q.transpose(1, 2),
             k.transpose(1, 2),
@@ -139,12 +156,12 @@ class MLSTMBlock(nn.Module):
             backend=self.config.backend,
             chunk_size=self.config.chunk_size or (64 if x.is_cuda else 16),
         )  # h (B, H, T, dh)
-        y = self._finish(x, h.transpose(1, 2), o)
+        y = self._finish(x, h.transpose(1, 2), o, skip)
         return y, self._new_state(C, n, m, conv_state, state.batch_size)
 
     def step(self, x: torch.Tensor, state: TensorDict, reset: torch.Tensor | None):
         # _project (its conv included) takes x (B, d) as well: no time axis to add and drop
-        q, k, v, o, i, f, conv_state = self._project(x, state, reset)
+        q, k, v, o, i, f, conv_state, skip = self._project(x, state, reset)
         h, (C, n, m) = mlstm_step(
             q,
             k,
@@ -155,5 +172,5 @@ class MLSTMBlock(nn.Module):
             reset=reset,
             backend=self.config.step_backend,
         )
-        y = self._finish(x, h, o)
+        y = self._finish(x, h, o, skip)
         return y, self._new_state(C, n, m, conv_state, state.batch_size)
