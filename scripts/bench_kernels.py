@@ -4,6 +4,8 @@
     python scripts/bench_kernels.py --dry-run       # tiny shapes; on the CPU it runs the
                                                     # kernels under Triton's interpreter
                                                     # (timings meaningless, checks the script)
+    python scripts/bench_kernels.py --sweep-fp32    # float32 chunkwise: Dk/Dv tile x warps
+    python scripts/bench_kernels.py --profile       # torch.profiler of one fwd+bwd shape
 
 Without a GPU (and without --dry-run) it says so and exits 0.
 
@@ -57,6 +59,16 @@ def parse_args(argv):
     p.add_argument("--dry-run", action="store_true", help="tiny shapes, one run each")
     p.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float16", "float32"])
     p.add_argument("--chunk-size", type=int, default=64)
+    p.add_argument(
+        "--sweep-fp32",
+        action="store_true",
+        help="only time float32 chunkwise fwd / fwd+bwd for each IEEE_TILE x IEEE_WARPS",
+    )
+    p.add_argument(
+        "--profile",
+        action="store_true",
+        help="only profile 10 fwd+bwd at B=64, T=128, H=4, D=32: GPU kernel time vs wall time",
+    )
     return p.parse_args(argv)
 
 
@@ -187,6 +199,73 @@ def run_mlstm(args, shapes, dtype, device, peak):
             )
 
 
+def sweep_fp32(args, device):
+    """float32 chunkwise forward and forward+backward for each launch configuration of the
+    exact-FP32 path (module constants IEEE_TILE, IEEE_WARPS), on the same inputs."""
+    from xlstm_rl.kernels.mlstm import triton_chunkwise as tc
+
+    shapes = [(2, 32, 1, 16)] if args.dry_run else [(256, 128, 4, 64), (1024, 128, 4, 64),
+                                                     (8, 8192, 8, 128)]  # fmt: skip
+    chosen = (tc.IEEE_TILE, tc.IEEE_WARPS)
+    print(f"\nfloat32 chunkwise, ms fwd / fwd+bwd (the default is tile {chosen[0]}, "
+          f"{chosen[1]} warps)")  # fmt: skip
+    data = [(s, mlstm_inputs(*s, torch.float32, device, True)) for s in shapes]
+    for tile in (64, 32, 16):
+        for warps in (4, 8):
+            tc.IEEE_TILE, tc.IEEE_WARPS = tile, warps
+            cells = []
+            for (B, T, H, D), x in data:
+                dh = torch.randn(B, H, T, D, device=device)
+
+                def fwd(x=x):
+                    with torch.no_grad():
+                        tc.mlstm_sequence_triton(*x, chunk_size=args.chunk_size)
+
+                def fwd_bwd(x=x, dh=dh):
+                    h, _ = tc.mlstm_sequence_triton(*x, chunk_size=args.chunk_size)
+                    torch.autograd.backward(h, dh)
+                    for t in x:
+                        t.grad = None
+
+                ms = (bench(fwd, args.dry_run), bench(fwd_bwd, args.dry_run))
+                cells.append(f"B={B} T={T} D={D}: {ms[0]:.3f} / {ms[1]:.3f}")
+            print(f"tile {tile:2d}, {warps} warps | " + " | ".join(cells), flush=True)
+    tc.IEEE_TILE, tc.IEEE_WARPS = chosen
+
+
+def profile_small(args, device):
+    """Where the time of a small fwd+bwd goes: GPU kernel time against wall time."""
+    from torch.profiler import ProfilerActivity, profile
+
+    from xlstm_rl.kernels.mlstm.triton_chunkwise import mlstm_sequence_triton
+
+    B, T, H, D = (2, 32, 1, 16) if args.dry_run else (64, 128, 4, 32)
+    x = mlstm_inputs(B, T, H, D, torch.bfloat16, device, True)
+    dh = torch.randn(B, H, T, D, device=device, dtype=torch.bfloat16)
+
+    def fwd_bwd():
+        h, _ = mlstm_sequence_triton(*x, chunk_size=args.chunk_size)
+        torch.autograd.backward(h, dh)
+        for t in x:
+            t.grad = None
+
+    fwd_bwd()
+    reps = 2 if args.dry_run else 10
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device == "cuda" else [])
+    start = time.perf_counter()
+    with profile(activities=activities) as prof:
+        for _ in range(reps):
+            fwd_bwd()
+        if device == "cuda":
+            torch.cuda.synchronize()
+    wall = (time.perf_counter() - start) / reps
+    events = prof.key_averages()
+    gpu_us = sum(e.self_device_time_total for e in events) / reps if device == "cuda" else 0.0
+    print(f"\nbf16 fwd+bwd B={B} T={T} H={H} D={D}: wall {1e3 * wall:.3f} ms per call under "
+          f"the profiler, GPU kernel time {gpu_us / 1e3:.3f} ms")  # fmt: skip
+    print(events.table(sort_by="self_cpu_time_total", row_limit=12))
+
+
 def run_step(args, batches, dtype, device, peak, D=64, H=4):
     from xlstm_rl.kernels import empty_state, mlstm_step_reference
     from xlstm_rl.kernels.mlstm.triton_step import mlstm_step_triton
@@ -268,6 +347,12 @@ def main(argv=None) -> int:
     print(f"device: {name}; peaks (TF32 TFLOP/s, FP32 TFLOP/s, HBM TB/s): {peak or 'n/a'}")
     if args.dry_run:
         print("dry run: tiny shapes, single calls; the numbers below mean nothing")
+    if args.sweep_fp32:
+        sweep_fp32(args, device)
+        return 0
+    if args.profile:
+        profile_small(args, device)
+        return 0
     rl = [(2, 32, 1, 16)] if args.dry_run else RL_SHAPES
     long = [] if args.dry_run else LONG_SHAPES
     run_mlstm(args, rl + long, dtype, device, peak)
