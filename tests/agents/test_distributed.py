@@ -173,7 +173,7 @@ def test_torchrun_runs_the_cli_on_two_ranks(tmp_path):
     # prepend: packages reached through an existing PYTHONPATH must stay importable
     env = {
         **os.environ,
-        "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]),
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
     }
     process = subprocess.Popen(
         command,

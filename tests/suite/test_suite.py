@@ -136,7 +136,8 @@ def test_report_rebuilds_from_finished_runs(smoke, capsys):
 
 def test_failed_runs_are_recorded_and_the_suite_goes_on(tmp_path, monkeypatch):
     # the workers import suite_faulty_envs; what an existing PYTHONPATH reaches stays reachable
-    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(HERE), os.environ.get("PYTHONPATH", "")]))
+    paths = filter(None, [str(HERE), os.environ.get("PYTHONPATH")])
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(paths))
     smoke = load_suite(SMOKE)
     faulty = {"id": "xlstm_rl_test/Faulty-v0", "overrides": {"env.module": "suite_faulty_envs"}}
     suite = suite_from_dict(
