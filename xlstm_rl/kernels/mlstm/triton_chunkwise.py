@@ -377,14 +377,15 @@ IEEE_WARPS = 4
 
 
 def _launch_shapes(
-    Dk: int, Dv: int, T: int, chunk_size: int, ieee: bool = False
-) -> tuple[int, int, int, int]:
+    Dk: int, Dv: int, T: int, chunk_size: int, ieee: bool
+) -> tuple[int, int, int, int, int]:
+    """Chunk length L, chunk count, Dk and Dv tile sizes, and warps per program."""
     if not isinstance(chunk_size, int) or chunk_size < 1:
         raise ValueError(f"chunk_size must be a positive int, got {chunk_size!r}")
     L = triton.next_power_of_2(min(chunk_size, MAX_CHUNK))
     L = max(16, min(L, triton.next_power_of_2(T)))
-    hi = IEEE_TILE if ieee else 64
-    return L, -(-T // L), block(Dk, hi=hi), block(Dv, hi=hi)
+    hi, warps = (IEEE_TILE, IEEE_WARPS) if ieee else (64, 4)
+    return L, -(-T // L), block(Dk, hi=hi), block(Dv, hi=hi), warps
 
 
 class _MLSTMChunkwise(torch.autograd.Function):
@@ -393,8 +394,7 @@ class _MLSTMChunkwise(torch.autograd.Function):
         B, H, T, Dk = q.shape
         Dv = v.shape[-1]
         ieee = q.dtype == torch.float32  # else TF32 products
-        L, NC, BK, BV = _launch_shapes(Dk, Dv, T, chunk_size, ieee)
-        warps = IEEE_WARPS if ieee else 4
+        L, NC, BK, BV, warps = _launch_shapes(Dk, Dv, T, chunk_size, ieee)
         dev = q.device
         q, k, v, i, f = (x.contiguous() for x in (q, k, v, i, f))
         r = resets.to(torch.int32).contiguous() if resets is not None else None
