@@ -26,6 +26,7 @@ plus q, k, v, i, f, h.
 from __future__ import annotations
 
 import argparse
+import functools
 import math
 import os
 import sys
@@ -137,6 +138,20 @@ def mlstm_inputs(B, T, H, D, dtype, device, requires_grad):
     return [x.requires_grad_(requires_grad) for x in (q, k, v, i, f)]
 
 
+def one_pass(fn, x, dh=None):
+    """A call running fn(*x) and, given dh, the backward from its h (then clearing grads)."""
+
+    def call():
+        out = fn(*x)
+        h = out[0] if isinstance(out, tuple) else out
+        if dh is not None:
+            torch.autograd.backward(h, dh)
+            for t in x:
+                t.grad = None
+
+    return call
+
+
 def tfla_kernel():
     """mlstm-kernels' TFLA chunkwise kernel when that package is installed, else None."""
     try:
@@ -164,15 +179,7 @@ def run_mlstm(args, shapes, dtype, device, peak):
             dh = torch.randn(B, H, T, D, device=device, dtype=dtype) if backward else None
 
             def timed(fn, x=x, dh=dh, backward=backward):
-                def call():
-                    out = fn(*x)
-                    h = out[0] if isinstance(out, tuple) else out
-                    if backward:
-                        torch.autograd.backward(h, dh)
-                        for t in x:
-                            t.grad = None
-
-                return call
+                return one_pass(fn, x, dh if backward else None)
 
             ours = timed(lambda *a: mlstm_sequence_triton(*a, chunk_size=L))
             torch_form = timed(lambda *a: mlstm_sequence_chunkwise(*a, chunk_size=L))
@@ -217,17 +224,9 @@ def sweep_fp32(args, device):
             for (B, T, H, D), x in data:
                 dh = torch.randn(B, H, T, D, device=device)
 
-                def fwd(x=x):
-                    with torch.no_grad():
-                        tc.mlstm_sequence_triton(*x, chunk_size=args.chunk_size)
-
-                def fwd_bwd(x=x, dh=dh):
-                    h, _ = tc.mlstm_sequence_triton(*x, chunk_size=args.chunk_size)
-                    torch.autograd.backward(h, dh)
-                    for t in x:
-                        t.grad = None
-
-                ms = (bench(fwd, args.dry_run), bench(fwd_bwd, args.dry_run))
+                run = functools.partial(tc.mlstm_sequence_triton, chunk_size=args.chunk_size)
+                fwd = torch.no_grad()(one_pass(run, x))
+                ms = (bench(fwd, args.dry_run), bench(one_pass(run, x, dh), args.dry_run))
                 cells.append(f"B={B} T={T} D={D}: {ms[0]:.3f} / {ms[1]:.3f}")
             print(f"tile {tile:2d}, {warps} warps | " + " | ".join(cells), flush=True)
     tc.IEEE_TILE, tc.IEEE_WARPS = chosen
@@ -243,12 +242,7 @@ def profile_small(args, device):
     x = mlstm_inputs(B, T, H, D, torch.bfloat16, device, True)
     dh = torch.randn(B, H, T, D, device=device, dtype=torch.bfloat16)
 
-    def fwd_bwd():
-        h, _ = mlstm_sequence_triton(*x, chunk_size=args.chunk_size)
-        torch.autograd.backward(h, dh)
-        for t in x:
-            t.grad = None
-
+    fwd_bwd = one_pass(functools.partial(mlstm_sequence_triton, chunk_size=args.chunk_size), x, dh)
     fwd_bwd()
     reps = 2 if args.dry_run else 10
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device == "cuda" else [])
