@@ -7,7 +7,11 @@ nn.LSTM over the same sequence without resets, and the mLSTM core on the
 reference step loop. Prints the ratios the memory-cores issue asks for and the
 mLSTM step time at t=10 versus t=10,000 into an episode.
 
-    python scripts/bench_cores.py [--repeats 20] [--threads N]
+``--compile`` adds a row for the mLSTM core under ``torch.compile`` (the agents'
+``compile: true``: its elementwise work fused, the cell differentiated by autograd)
+and its ratio to nn.LSTM; the compile itself is not timed.
+
+    python scripts/bench_cores.py [--repeats 20] [--threads N] [--compile]
 """
 
 from __future__ import annotations
@@ -74,6 +78,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=20)
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: all)")
+    parser.add_argument("--compile", action="store_true", help="add the compiled mLSTM core")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -98,6 +103,13 @@ def main() -> None:
         timeit(train_pass(ref, x, resets), max(3, args.repeats // 4)),
         float("nan"),
     )
+    if args.compile:
+        compiled = build_core("mlstm", HIDDEN, HIDDEN)
+        compiled.forward = torch.compile(compiled.forward)
+        rows["mlstm (torch.compile)"] = (
+            timeit(train_pass(compiled, x, resets), args.repeats),
+            float("nan"),
+        )
     fused = nn.LSTM(HIDDEN, HIDDEN, batch_first=True)
 
     def fused_pass():
@@ -115,6 +127,11 @@ def main() -> None:
 
     chunk, lstm_ms = rows["mlstm"][0], rows["nn.LSTM fused, no resets"][0]
     print(f"\nmLSTM chunkwise / fused nn.LSTM (train pass): {chunk / lstm_ms:.2f}  (target <= 1.0)")
+    if args.compile:
+        print(
+            f"mLSTM chunkwise under torch.compile / fused nn.LSTM (train pass): "
+            f"{rows['mlstm (torch.compile)'][0] / lstm_ms:.2f}"
+        )
     print(
         f"reference loop / mLSTM chunkwise (train pass): "
         f"{rows['mlstm (reference loop)'][0] / chunk:.1f}x  (target >= 5x)"
