@@ -8,8 +8,10 @@ import pytest
 from tests.agents.conftest import tiny_config
 from xlstm_rl.agents import train
 from xlstm_rl.agents.checkpoint import load_checkpoint
+from xlstm_rl.agents.policy import Policy
 from xlstm_rl.cli import main
 from xlstm_rl.config import ConfigError, TrainConfig, load_config, parse_overrides
+from xlstm_rl.envs import make_env
 
 CONFIGS = sorted((Path(__file__).parents[2] / "configs").glob("*.yaml"))
 
@@ -83,8 +85,14 @@ def test_cli_errors_exit_with_the_message(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=[p.stem for p in CONFIGS])
-def test_shipped_configs_load(path):
-    load_config(path)
+def test_shipped_configs_load_and_build(path):
+    # loading checks the keys; building the policy checks the core options too
+    config = load_config(path)
+    env = make_env(config.env.id, env_module=config.env.module, **config.env.kwargs)
+    try:
+        Policy(env.observation_space, env.action_space, config.core, config.policy)
+    finally:
+        env.close()
 
 
 def test_cli_train_then_evaluate(tmp_path, capsys):
