@@ -19,10 +19,18 @@ ROOT = Path(__file__).resolve().parents[2]
 SMOKE = ROOT / "configs" / "suites" / "smoke.yaml"
 HERE = Path(__file__).resolve().parent
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+SUITES = sorted((ROOT / "configs" / "suites").glob("*.yaml"))
 
 
 def quiet(*_):
     pass
+
+
+@pytest.mark.parametrize("path", SUITES, ids=[p.stem for p in SUITES])
+def test_shipped_suites_load_and_expand(path):
+    # expanding the matrix checks every run's config (keys and values) by load_config
+    suite = load_suite(path)
+    assert len(suite.runs()) == len(suite.envs) * len(suite.cores) * len(suite.seeds) > 0
 
 
 @pytest.fixture(scope="module")
