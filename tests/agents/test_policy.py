@@ -9,7 +9,7 @@ from tensordict import TensorDict
 from tests.agents.conftest import make_collector, tiny_config
 from xlstm_rl.agents import train
 from xlstm_rl.agents.encoders import build_encoder
-from xlstm_rl.agents.policy import Policy
+from xlstm_rl.agents.policy import Categorical, Policy
 from xlstm_rl.agents.ppo import chunk_states, loss_terms, schedule, update
 from xlstm_rl.agents.rollout import compute_advantages
 from xlstm_rl.config import CoreConfig, PolicyConfig
@@ -77,6 +77,44 @@ def test_heads_sample_score_and_map_to_env_actions(action_space):
     env_action = policy.actor.to_env(action)
     assert all(action_space.contains(a) for a in env_action)
     assert all(action_space.contains(a) for a in policy.actor.to_env(dist.mode))
+
+
+def test_categorical_samples_follow_the_probabilities():
+    torch.manual_seed(0)
+    probs = torch.tensor([[0.5, 0.3, 0.2, 0.0], [0.0, 0.0, 1.0, 0.0]])
+    dist = Categorical(probs.log())
+    n = 20_000
+    draws = torch.stack([dist.sample() for _ in range(n)])  # (n, 2)
+    freq = torch.stack([torch.bincount(draws[:, row], minlength=4) for row in range(2)]) / n
+    # 4 standard errors of a frequency near 0.5 over 20,000 draws: about 0.014
+    torch.testing.assert_close(freq, probs, atol=0.015, rtol=0)
+    assert not (draws[:, 0] == 3).any()  # a zero-probability action is never drawn
+    assert (draws[:, 1] == 2).all()
+
+
+@pytest.mark.parametrize("core", ["mlstm", "gru"])
+def test_act_is_step_then_a_sample(core):
+    torch.manual_seed(0)
+    policy = Policy(
+        spaces.Discrete(4),
+        spaces.Discrete(3),
+        CoreConfig(name=core, hidden_size=16),
+        PolicyConfig(prev_action=True, encoder_size=16),
+    )
+    B = 6
+    inputs = {
+        "obs": torch.randint(0, 4, (B,)),
+        "prev_action": policy.actor.empty(B),
+        "prev_reward": torch.zeros(B),
+    }
+    state, reset = policy.initial_state(B), torch.tensor([True, False] * 3)
+    with torch.inference_mode():
+        dist, value, new_state = policy.step(inputs, state, reset)
+        action, log_prob, act_value, act_state = policy.act(inputs, state, reset)
+    assert action.shape == (B,) and action.dtype == torch.long
+    torch.testing.assert_close(log_prob, dist.log_prob(action))
+    torch.testing.assert_close(act_value, value)
+    torch.testing.assert_close(act_state, new_state)
 
 
 def test_bptt_chunks_carry_the_state_from_the_rollout_start(tmp_path):

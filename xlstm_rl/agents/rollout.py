@@ -54,9 +54,14 @@ class Collector:
         device: torch.device,
         compile: bool = False,
     ):
-        """``compile``: act through ``torch.compile(policy.step)``."""
+        """``compile``: act through ``torch.compile(policy.act)``. Its random draws come
+        from torch's generator, as in eager mode (inductor's ``fallback_random``), so a
+        compiled run samples the same actions as an eager one."""
         self.envs, self.policy = envs, policy
-        self.step = torch.compile(policy.step) if compile else policy.step
+        if compile:
+            self.act = torch.compile(policy.act, options={"fallback_random": True})
+        else:
+            self.act = policy.act
         self.rollout_len, self.device = rollout_len, device
         self.obs_space = envs.single_observation_space
         num_envs = envs.num_envs
@@ -83,8 +88,8 @@ class Collector:
     def _collect(self) -> tuple[TensorDict, list[dict]]:
         # Plain tensors and per-key lists inside the loop: a TensorDict per step cost more
         # than the env step (its checks); the rollout is built once at the end.
-        step, head, device, obs_space = (
-            self.step,
+        act, head, device, obs_space = (
+            self.act,
             self.policy.actor,
             self.device,
             self.obs_space,
@@ -97,8 +102,7 @@ class Collector:
         steps = {key: [] for key in (*INPUT_KEYS, *STEP_KEYS)}
         episodes = []
         for t in range(self.rollout_len):
-            dist, value, next_state = step(inputs, state, episode_start)
-            action = dist.sample()
+            action, log_prob, value, next_state = act(inputs, state, episode_start)
             obs, reward, terminated, truncated, infos = self.envs.step(head.to_env(action))
 
             reward = torch.as_tensor(reward, dtype=torch.float32, device=device)
@@ -115,13 +119,14 @@ class Collector:
                     "prev_action": action,
                     "prev_reward": reward,
                 }
-                _, final_value, _ = step(final, next_state, torch.zeros_like(truncated))
+                # (the action it samples is not used)
+                _, _, final_value, _ = act(final, next_state, torch.zeros_like(truncated))
                 bootstrap = torch.where(truncated, final_value, torch.zeros_like(value))
             record = {
                 **inputs,
                 "resets": episode_start,
                 "action": action,
-                "log_prob": dist.log_prob(action),
+                "log_prob": log_prob,
                 "value": value,
                 "reward": reward,
                 "done": done,
@@ -141,7 +146,7 @@ class Collector:
             for episode in episode_info(infos):
                 episodes.append({**episode, "rollout_step": t})
 
-        _, last_value, _ = step(inputs, state, episode_start)
+        _, _, last_value, _ = act(inputs, state, episode_start)
         self.state = state
         self.carry = TensorDict(
             {**inputs, "episode_start": episode_start}, batch_size=carry.batch_size, device=device
