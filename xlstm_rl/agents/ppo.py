@@ -132,20 +132,26 @@ def update(
                 )
             optimizer.zero_grad()
             step_stats: dict[str, torch.Tensor] = defaultdict(float)
-            for chunk, chunk_state in chunk_states(policy, sequences, state, ppo.bptt_len):
+            chunks = chunk_states(policy, sequences, state, ppo.bptt_len)
+            for chunk, chunk_state in chunks:
+                part = sequences if len(chunks) == 1 else sequences[:, chunk]
                 # Under DDP the forward decides: only the last chunk's backward all-reduces.
                 with distributed.accumulate_locally(policy, skip_sync=chunk.stop < T):
-                    loss, stats = loss_terms(policy, sequences[:, chunk], chunk_state, config)
+                    loss, stats = loss_terms(policy, part, chunk_state, config)
                 if not torch.isfinite(loss):  # stop here: one NaN step would poison the weights
                     terms = ", ".join(f"{k}={float(stats[k]):.4g}" for k in list(stats)[:3])
                     raise FloatingPointError(
                         f"non-finite loss {float(loss)} at optimiser step {len(history) + 1} "
                         f"of this update ({terms})"
                     )
-                weight = (chunk.stop - chunk.start) / T  # chunk means add up to the sequence mean
-                (loss * weight).backward()
-                for key, value in stats.items():
-                    step_stats[key] = step_stats[key] + value * weight
+                if len(chunks) == 1:  # the common case: no weighting ops to run
+                    loss.backward()
+                    step_stats = stats
+                else:
+                    weight = (chunk.stop - chunk.start) / T  # chunk means sum to the sequence's
+                    (loss * weight).backward()
+                    for key, value in stats.items():
+                        step_stats[key] = step_stats[key] + value * weight
             nn.utils.clip_grad_norm_(policy.parameters(), ppo.max_grad_norm)
             optimizer.step()
             history.append(step_stats)

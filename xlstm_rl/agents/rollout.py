@@ -101,16 +101,22 @@ class Collector:
         episode_start = carry["episode_start"]
         steps = {key: [] for key in (*INPUT_KEYS, *STEP_KEYS)}
         episodes = []
+        # shared by the steps (the rollout is stacked into new tensors at the end)
+        no_reset = torch.zeros_like(episode_start)
+        no_bootstrap = torch.zeros(episode_start.shape, device=device)
         for t in range(self.rollout_len):
             action, log_prob, value, next_state = act(inputs, state, episode_start)
             obs, reward, terminated, truncated, infos = self.envs.step(head.to_env(action))
 
+            # the flags combined in numpy: cheaper than torch's per-op cost at this size
+            truncated = truncated & ~terminated
+            any_truncated = truncated.any()
+            done = torch.as_tensor(terminated | truncated, device=device)
             reward = torch.as_tensor(reward, dtype=torch.float32, device=device)
             terminated = torch.as_tensor(terminated, device=device)
-            truncated = torch.as_tensor(truncated, device=device) & ~terminated
-            done = terminated | truncated
-            bootstrap = None
-            if truncated.any():
+            truncated = torch.as_tensor(truncated, device=device)
+            bootstrap = no_bootstrap
+            if any_truncated:
                 # Continue the core one step, from its pre-reset state, on the final observation.
                 final = {
                     "obs": obs_to_tensor(
@@ -120,8 +126,8 @@ class Collector:
                     "prev_reward": reward,
                 }
                 # (the action it samples is not used)
-                _, _, final_value, _ = act(final, next_state, torch.zeros_like(truncated))
-                bootstrap = torch.where(truncated, final_value, torch.zeros_like(value))
+                _, _, final_value, _ = act(final, next_state, no_reset)
+                bootstrap = torch.where(truncated, final_value, no_bootstrap)
             record = {
                 **inputs,
                 "resets": episode_start,
@@ -132,7 +138,7 @@ class Collector:
                 "done": done,
                 "terminated": terminated,
                 "truncated": truncated,
-                "bootstrap_value": torch.zeros_like(value) if bootstrap is None else bootstrap,
+                "bootstrap_value": bootstrap,
             }
             for key, column in steps.items():
                 column.append(record[key])
