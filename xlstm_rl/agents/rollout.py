@@ -14,6 +14,7 @@ unused (0 weight) where it terminated. GAE is torchrl's, which cuts the trace at
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 from gymnasium.vector import VectorEnv
 from tensordict import TensorDict
@@ -103,13 +104,16 @@ class Collector:
         episodes = []
         # shared by the steps (the rollout is stacked into new tensors at the end)
         no_reset = torch.zeros_like(episode_start)
-        no_bootstrap = torch.zeros(episode_start.shape, device=device)
+        no_bootstrap = torch.zeros(
+            episode_start.shape, dtype=self.policy.critic.weight.dtype, device=device
+        )
         for t in range(self.rollout_len):
             action, log_prob, value, next_state = act(inputs, state, episode_start)
             obs, reward, terminated, truncated, infos = self.envs.step(head.to_env(action))
 
             # the flags combined in numpy: cheaper than torch's per-op cost at this size
-            truncated = truncated & ~terminated
+            terminated = np.asarray(terminated, dtype=bool)
+            truncated = np.asarray(truncated, dtype=bool) & ~terminated
             any_truncated = truncated.any()
             done = torch.as_tensor(terminated | truncated, device=device)
             reward = torch.as_tensor(reward, dtype=torch.float32, device=device)
