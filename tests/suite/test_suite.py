@@ -246,3 +246,39 @@ def test_per_core_summary_means_eval_and_mmer_over_envs_then_seeds():
     eval_b, eval_b_ci, mmer_b, _, seeds_b = summary["b"]
     assert seeds_b == 1 and eval_b == pytest.approx(-0.5) and mmer_b == pytest.approx(-0.5)
     assert eval_b_ci != eval_b_ci  # one seed: no interval (nan)
+
+
+def test_report_of_a_partial_matrix_leaves_out_what_was_not_run():
+    from xlstm_rl.suite.report import Run, aggregate, render_markdown
+
+    suite = suite_from_dict(
+        {
+            "name": "h",
+            "cores": ["a", "b", "c"],
+            "seeds": [1, 2],
+            "mmer_window": 1,
+            "horizon": "corridor_length",
+            "envs": [
+                {"name": f"T{n}", "id": "xlstm_rl/TMaze-v0", "kwargs": {"corridor_length": n}}
+                for n in (10, 100)
+            ],
+        }
+    )
+
+    def run(env, core, seed, success):
+        result = {"status": "ok", "final_eval": {"return_mean": 2 * success - 1,
+                                                 "success_rate": success}}  # fmt: skip
+        return Run(env, core, seed, result, [(1, 0.0)], [(1, success)])
+
+    # a solves T10 and T100; b solves T10 and has not run T100; c has not run at all
+    runs = [run(env, "a", s, 1.0) for env in ("T10", "T100") for s in (1, 2)]
+    runs += [run("T10", "b", s, 1.0) for s in (1, 2)]
+    report = render_markdown(suite, runs, aggregate(runs, suite), plots=[])
+    assert "| T10 | a | 2/2 |" in report and "| T100 | a | 2/2 |" in report
+    assert "| T10 | b | 2/2 |" in report
+    assert "| T100 | b |" not in report and "| T10 | c |" not in report
+    assert "Not run yet (left out of the table): T10: c; T100: b, c." in report
+    # the headline says how far each core was tried, and a core never run is not "none"
+    assert "| a | 100 | 100 |" in report and "| b | 10 | 10 |" in report
+    assert "| c | not run | - |" in report
+    assert "| c | - | - | 0 |" not in report  # no per-core summary row for c

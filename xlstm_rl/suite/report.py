@@ -193,6 +193,33 @@ def horizon_headline(rows: list[dict], suite: SuiteSpec) -> dict[str, Any]:
     return headline
 
 
+def horizon_tried(rows: list[dict], suite: SuiteSpec) -> dict[str, Any]:
+    """Per core: the largest ``suite.horizon`` value with a finished run (None: none yet)."""
+    tried = {}
+    for core in suite.cores:
+        values = [
+            suite.env_entry(row["env"]).kwargs[suite.horizon]
+            for row in rows
+            if row["core"] == core and row["seeds_ok"]
+        ]
+        tried[core] = max(values) if values else None
+    return tried
+
+
+def not_run_yet(rows: list[dict], suite: SuiteSpec) -> list[str]:
+    """'env: core, core' for each env with cores that have no run there (finished or failed)."""
+    missing = []
+    for env in suite.envs:
+        cores = [
+            row["core"]
+            for row in rows
+            if row["env"] == env.name and not row["seeds_ok"] + row["seeds_failed"]
+        ]
+        if cores:
+            missing.append(f"{env.name}: {', '.join(cores)}")
+    return missing
+
+
 RANDOM_EPISODES = 200
 
 
@@ -243,7 +270,9 @@ def render_markdown(
     budget = f"{budget} env steps per run" if budget else "set per env"
     trained = steps_label([r for r in runs if r.ok]) or "none yet"
     ran_envs = {r.env for r in runs}
+    ran_cores = {r.core for r in runs}
     not_run = [e.name for e in suite.envs if e.name not in ran_envs]
+    missing = not_run_yet([row for row in rows if row["env"] in ran_envs], suite)
     lines = [
         f"# Suite `{suite.name}`",
         "",
@@ -276,10 +305,12 @@ def render_markdown(
             "-" if math.isnan(row["wall_time_s_mean"]) else f"{row['wall_time_s_mean']:.0f}",
         ]
         for row in rows
-        if row["env"] in ran_envs
+        if row["seeds_ok"] + row["seeds_failed"]
     ]  # fmt: skip
     header = ["env", "core", "seeds ok", "eval return", "eval success", "MMER"]
     lines += _table([*header, "steps to solve", "env steps", "wall s"], table)
+    if missing:
+        lines += ["", "Not run yet (left out of the table): " + "; ".join(missing) + "."]
     if floors:
         lines += ["", "## Random-policy floor", ""]
         lines += [
@@ -303,20 +334,31 @@ def render_markdown(
     ]
     lines += _table(
         ["core", "mean eval return", "mean MMER", "seeds"],
-        [[core, fmt(m, h), fmt(mm, mh), n] for core, (m, h, mm, mh, n) in summary.items()],
+        [
+            [core, fmt(m, h), fmt(mm, mh), n]
+            for core, (m, h, mm, mh, n) in summary.items()
+            if core in ran_cores
+        ],
     )
     if suite.horizon:
         metric, threshold = suite.solve["metric"], suite.solve["threshold"]
         headline = horizon_headline(rows, suite)
+        tried = horizon_tried(rows, suite)
         lines += ["", f"## Longest {suite.horizon} solved", ""]
         lines += [
             f"A core solves an environment when its seed-mean final eval {metric} is "
-            f">= {threshold}. Headline: the largest `{suite.horizon}` solved.",
+            f">= {threshold}. Headline: the largest `{suite.horizon}` solved, beside the "
+            "largest with a finished run.",
             "",
         ]
         lines += _table(
-            ["core", f"longest {suite.horizon} solved"],
-            [[core, "none" if v is None else v] for core, v in headline.items()],
+            ["core", f"longest {suite.horizon} solved", "longest tried"],
+            [
+                [core, "none" if v is None else v, tried[core]]
+                if tried[core] is not None
+                else [core, "not run", "-"]
+                for core, v in headline.items()
+            ],
         )
     if failed:
         lines += ["", "## Failed runs", ""]
