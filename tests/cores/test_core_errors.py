@@ -86,3 +86,7 @@ def test_unknown_core_and_options():
         build_core("mlstm", 5, 16, conv_skip=True, num_heads=2, head_dim=4)
     with pytest.raises(ValueError, match="unknown backend 'cuda-magic'"):
         build_core("mlstm", 5, 16, backend="cuda-magic")
+    with pytest.raises(ValueError, match="forget_bias.*valid options.*update_bias"):
+        build_core("gru", 5, 16, forget_bias=1.0)
+    with pytest.raises(ValueError, match="forget_bias must be a number or None, got '1'"):
+        build_core("lstm", 5, 16, forget_bias="1")

@@ -194,3 +194,37 @@ def test_chunk_size_does_not_change_results():
     ]
     for y in ys[1:]:
         torch.testing.assert_close(y, ys[0], rtol=1e-9, atol=1e-9)
+
+
+@pytest.mark.parametrize("name, option", [("lstm", "forget_bias"), ("gru", "update_bias")])
+def test_rnn_gate_bias_option_sets_that_gate_in_every_layer(name, option):
+    default = build_core(name, 5, 8, num_layers=2)
+    core = build_core(name, 5, 8, num_layers=2, **{option: 3.0})
+    for layer in range(2):
+        b_ih, b_hh = (getattr(core.rnn, f"bias_{k}_l{layer}") for k in ("ih", "hh"))
+        assert torch.equal(b_ih[8:16], torch.full((8,), 3.0)) and not b_hh[8:16].any()
+        # the other gates keep torch's initialisation
+        assert b_ih[:8].abs().max() <= 8**-0.5 and b_ih[16:].abs().max() <= 8**-0.5
+    assert not default.rnn.bias_ih_l0[8:16].eq(3.0).any()
+
+
+def test_rnn_gate_bias_option_sets_the_gate_that_keeps_memory():
+    # a saturated keep-gate carries the state through a step unchanged; a saturated
+    # LSTM forget gate at -50 drops the old cell state entirely
+    torch.manual_seed(0)
+    x = torch.randn(3, 5)
+    gru = build_core("gru", 5, 8, update_bias=50.0)
+    state = gru.initial_state(3)
+    state["h"] = torch.randn(3, 1, 8)
+    _, new = gru.step(x, state)
+    torch.testing.assert_close(new["h"], state["h"])
+    lstm = build_core("lstm", 5, 8, forget_bias=50.0)
+    state = lstm.initial_state(3)
+    state["c"] = 100 * torch.randn(3, 1, 8)
+    _, new = lstm.step(x, state)
+    assert (new["c"] - state["c"]).abs().max() <= 1.0  # c' = c + i * g, |i * g| < 1
+    forget = build_core("lstm", 5, 8, forget_bias=-50.0)
+    forget.load_state_dict({**lstm.state_dict(), "rnn.bias_ih_l0": forget.rnn.bias_ih_l0})
+    _, new = forget.step(x, state)
+    _, fresh = forget.step(x, forget.initial_state(3))
+    torch.testing.assert_close(new["c"], fresh["c"])

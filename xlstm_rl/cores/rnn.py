@@ -21,6 +21,8 @@ class _TorchRNNCore(MemoryCore):
     state_keys: tuple[str, ...]
     compile_sequence = False  # cut where resets fall: one compile per reset pattern
 
+    gate_index: int  # which of the fused layer's stacked gates the gate-bias option sets
+
     def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1):
         super().__init__()
         if input_size < 1 or hidden_size < 1 or num_layers < 1:
@@ -28,6 +30,19 @@ class _TorchRNNCore(MemoryCore):
         self.input_size, self.hidden_size, self.output_size = input_size, hidden_size, hidden_size
         self.num_layers = num_layers
         self.rnn = self.rnn_cls(input_size, hidden_size, num_layers=num_layers, batch_first=True)
+
+    def _init_gate_bias(self, name: str, value: float | None) -> None:
+        """Set one gate's total bias (bias_ih + bias_hh) to ``value`` in every layer; None
+        keeps torch's default initialisation (uniform, about zero)."""
+        if value is None:
+            return
+        if not isinstance(value, (int, float)) or isinstance(value, bool) or value != value:
+            raise ValueError(f"{name} must be a number or None, got {value!r}")
+        H, g = self.hidden_size, self.gate_index
+        with torch.no_grad():
+            for layer in range(self.num_layers):
+                getattr(self.rnn, f"bias_ih_l{layer}")[g * H : (g + 1) * H] = float(value)
+                getattr(self.rnn, f"bias_hh_l{layer}")[g * H : (g + 1) * H] = 0.0
 
     def _state_shapes(self):
         return {key: (self.num_layers, self.hidden_size) for key in self.state_keys}
@@ -81,13 +96,42 @@ class _TorchRNNCore(MemoryCore):
 
 
 class LSTMCore(_TorchRNNCore):
+    """torch's LSTM. ``forget_bias``: the forget gate's initial bias (1 is the usual
+    choice for long memory, Jozefowicz et al. 2015); None keeps torch's default."""
+
     rnn_cls = nn.LSTM
     state_keys = ("h", "c")
+    gate_index = 1  # torch's gate order: input, forget, cell, output
+
+    def __init__(
+        self,
+        input_size: int,
+        hidden_size: int,
+        num_layers: int = 1,
+        forget_bias: float | None = None,
+    ):
+        super().__init__(input_size, hidden_size, num_layers)
+        self._init_gate_bias("forget_bias", forget_bias)
 
 
 class GRUCore(_TorchRNNCore):
+    """torch's GRU. ``update_bias``: the update gate's initial bias; positive values
+    keep more of the old state each step (h' = (1 - z) n + z h); None keeps torch's
+    default."""
+
     rnn_cls = nn.GRU
     state_keys = ("h",)
+    gate_index = 1  # torch's gate order: reset, update, new
+
+    def __init__(
+        self,
+        input_size: int,
+        hidden_size: int,
+        num_layers: int = 1,
+        update_bias: float | None = None,
+    ):
+        super().__init__(input_size, hidden_size, num_layers)
+        self._init_gate_bias("update_bias", update_bias)
 
 
 class MLPCore(MemoryCore):
