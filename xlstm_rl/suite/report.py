@@ -207,17 +207,19 @@ def horizon_tried(rows: list[dict], suite: SuiteSpec) -> dict[str, Any]:
 
 
 def not_run_yet(rows: list[dict], suite: SuiteSpec) -> list[str]:
-    """'env: core, core' for each env with cores that have no run there (finished or failed)."""
-    missing = []
-    for env in suite.envs:
-        cores = [
+    """The cores with no run (finished or failed) per env of ``rows``: 'env: core, core',
+    or one 'core, core on every environment' when the same cores are missing from all."""
+    missing = {}
+    for env in dict.fromkeys(row["env"] for row in rows):
+        missing[env] = [
             row["core"]
             for row in rows
-            if row["env"] == env.name and not row["seeds_ok"] + row["seeds_failed"]
+            if row["env"] == env and not row["seeds_ok"] + row["seeds_failed"]
         ]
-        if cores:
-            missing.append(f"{env.name}: {', '.join(cores)}")
-    return missing
+    if len(missing) > 1 and len({tuple(cores) for cores in missing.values()}) == 1:
+        cores = next(iter(missing.values()))
+        return [f"{', '.join(cores)} on every environment"] if cores else []
+    return [f"{env}: {', '.join(cores)}" for env, cores in missing.items() if cores]
 
 
 RANDOM_EPISODES = 200
