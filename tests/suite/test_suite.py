@@ -280,7 +280,7 @@ def test_report_of_a_partial_matrix_leaves_out_what_was_not_run():
     assert "Not run yet (left out of the table): T10: c; T100: b, c." in report
     # the headline says how far each core was tried, and a core never run is not "none"
     assert "| a | 100 | 100 |" in report and "| b | 10 | 10 |" in report
-    assert "| c | not run | - |" in report
+    assert "| c | no finished run | - |" in report
     assert "| c | - | - | 0 |" not in report  # no per-core summary row for c
     # the same cores missing from every env: one short line
     runs += [run("T100", "b", s, 0.5) for s in (1, 2)]

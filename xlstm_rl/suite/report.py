@@ -178,32 +178,30 @@ def per_core_summary(runs: list[Run], suite: SuiteSpec) -> dict[str, tuple]:
     return summary
 
 
-def horizon_headline(rows: list[dict], suite: SuiteSpec) -> dict[str, Any]:
-    """Per core: the largest ``suite.horizon`` value whose seed-mean metric meets the threshold."""
-    metric, threshold = suite.solve["metric"], float(suite.solve["threshold"])
-    column = {"success_rate": "eval_success_mean", "return_mean": "eval_return_mean"}[metric]
-    headline = {}
-    for core in suite.cores:
-        solved = [
-            suite.env_entry(row["env"]).kwargs[suite.horizon]
-            for row in rows
-            if row["core"] == core and row[column] >= threshold  # nan compares False
-        ]
-        headline[core] = max(solved) if solved else None
-    return headline
-
-
-def horizon_tried(rows: list[dict], suite: SuiteSpec) -> dict[str, Any]:
-    """Per core: the largest ``suite.horizon`` value with a finished run (None: none yet)."""
-    tried = {}
+def _largest_horizon(rows: list[dict], suite: SuiteSpec, keep) -> dict[str, Any]:
+    """Per core: the largest ``suite.horizon`` value among its rows that ``keep`` accepts
+    (None if none does)."""
+    largest = {}
     for core in suite.cores:
         values = [
             suite.env_entry(row["env"]).kwargs[suite.horizon]
             for row in rows
-            if row["core"] == core and row["seeds_ok"]
+            if row["core"] == core and keep(row)
         ]
-        tried[core] = max(values) if values else None
-    return tried
+        largest[core] = max(values) if values else None
+    return largest
+
+
+def horizon_headline(rows: list[dict], suite: SuiteSpec) -> dict[str, Any]:
+    """Per core: the largest ``suite.horizon`` value whose seed-mean metric meets the threshold."""
+    metric, threshold = suite.solve["metric"], float(suite.solve["threshold"])
+    column = {"success_rate": "eval_success_mean", "return_mean": "eval_return_mean"}[metric]
+    return _largest_horizon(rows, suite, lambda row: row[column] >= threshold)  # nan: False
+
+
+def horizon_tried(rows: list[dict], suite: SuiteSpec) -> dict[str, Any]:
+    """Per core: the largest ``suite.horizon`` value with a finished run (None: none yet)."""
+    return _largest_horizon(rows, suite, lambda row: row["seeds_ok"] > 0)
 
 
 def not_run_yet(rows: list[dict], suite: SuiteSpec) -> list[str]:
@@ -358,7 +356,7 @@ def render_markdown(
             [
                 [core, "none" if v is None else v, tried[core]]
                 if tried[core] is not None
-                else [core, "not run", "-"]
+                else [core, "no finished run", "-"]
                 for core, v in headline.items()
             ],
         )
