@@ -204,7 +204,7 @@ def horizon_tried(rows: list[dict], suite: SuiteSpec) -> dict[str, Any]:
     return _largest_horizon(rows, suite, lambda row: row["seeds_ok"] > 0)
 
 
-def not_run_yet(rows: list[dict], suite: SuiteSpec) -> list[str]:
+def not_run_yet(rows: list[dict]) -> list[str]:
     """The cores with no run (finished or failed) per env of ``rows``: 'env: core, core',
     or one 'core, core on every environment' when the same cores are missing from all."""
     missing = {}
@@ -272,7 +272,7 @@ def render_markdown(
     ran_envs = {r.env for r in runs}
     ran_cores = {r.core for r in runs}
     not_run = [e.name for e in suite.envs if e.name not in ran_envs]
-    missing = not_run_yet([row for row in rows if row["env"] in ran_envs], suite)
+    missing = not_run_yet([row for row in rows if row["env"] in ran_envs])
     lines = [
         f"# Suite `{suite.name}`",
         "",
