@@ -1,0 +1,139 @@
+"""How far back each core can learn to remember, with the RL taken out.
+
+The T-maze's recall problem as supervised learning: the cue (left or right) is
+seen at t = 0, then ``L`` corridor steps, then the junction, where the core's
+output must name the cue (cross-entropy on that step alone). The observations
+are the T-maze's own, ``[cue_left, cue_right, in_corridor, at_junction]``. The
+model is a linear encoder, the core and a linear read-out, trained with Adam and
+the PPO runs' gradient clipping. A run solves ``L`` when a held-out batch is
+classified at least 99% right; the table gives the gradient steps that took.
+
+This separates what a core can carry across ``L`` steps from what PPO's sparse,
+noisy signal lets it learn in the memory_horizon suite: a core that fails here
+cannot solve that corridor with any RL budget at these settings.
+
+    python scripts/probe_memory.py [--cores mlstm gru 'gru:{update_bias: 4}'] \\
+        [--lengths 100 1000] [--seeds 1 2 3] [--max-steps 1000]
+
+A core is a name for ``build_core``, optionally followed by ``:`` and its options
+as a YAML mapping.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import torch
+import yaml
+from torch import nn
+
+from xlstm_rl.cores import build_core
+
+CHECK_EVERY = 10  # gradient steps between held-out checks
+HELD_OUT = 128  # held-out sequences per check
+SOLVED = 0.99  # held-out accuracy that counts as solved
+
+
+def parse_core(spec: str) -> tuple[str, dict]:
+    """``"gru:{update_bias: 4}"`` -> ``("gru", {"update_bias": 4})``; a bare name has no options."""
+    name, sep, rest = spec.partition(":")
+    if not sep:
+        return name, {}
+    options = yaml.safe_load(rest)
+    if not isinstance(options, dict):
+        raise ValueError(
+            f"core options in {spec!r} must be a YAML mapping, e.g. gru:{{update_bias: 4}}"
+        )
+    return name, options
+
+
+def recall_batch(batch_size: int, length: int, generator: torch.Generator):
+    """T-maze observations (B, length + 1, 4) and the cue (B,): 0 = left, 1 = right."""
+    cue = torch.randint(2, (batch_size,), generator=generator)
+    x = torch.zeros(batch_size, length + 1, 4)
+    x[torch.arange(batch_size), 0, cue] = 1.0
+    x[:, :length, 2] = 1.0
+    x[:, length, 3] = 1.0
+    return x, cue
+
+
+class Probe(nn.Module):
+    def __init__(self, core_name: str, options: dict, hidden_size: int):
+        super().__init__()
+        self.encoder = nn.Linear(4, hidden_size)
+        self.core = build_core(core_name, hidden_size, hidden_size, **options)
+        self.readout = nn.Linear(self.core.output_size, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y, _ = self.core(torch.relu(self.encoder(x)), self.core.initial_state(x.shape[0]))
+        return self.readout(y[:, -1])
+
+
+def probe(spec: str, length: int, seed: int, args) -> tuple[int | None, float]:
+    """Gradient steps until solved (None if not within max_steps), and seconds per step."""
+    name, options = parse_core(spec)
+    torch.manual_seed(seed)
+    model = Probe(name, options, args.hidden)
+    optimizer = torch.optim.Adam(model.parameters(), lr=args.lr)
+    train_gen = torch.Generator().manual_seed(seed)
+    held_out = recall_batch(HELD_OUT, length, torch.Generator().manual_seed(10**6 + seed))
+    start = time.perf_counter()
+    for step in range(1, args.max_steps + 1):
+        x, cue = recall_batch(args.batch, length, train_gen)
+        loss = nn.functional.cross_entropy(model(x), cue)
+        optimizer.zero_grad()
+        loss.backward()
+        nn.utils.clip_grad_norm_(model.parameters(), args.max_grad_norm)
+        optimizer.step()
+        if step % CHECK_EVERY == 0:
+            with torch.no_grad():
+                accuracy = (model(held_out[0]).argmax(-1) == held_out[1]).float().mean().item()
+            if accuracy >= SOLVED:
+                return step, (time.perf_counter() - start) / step
+    return None, (time.perf_counter() - start) / args.max_steps
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--cores", nargs="+", default=["mlstm", "slstm", "xlstm", "lstm", "gru"])
+    parser.add_argument("--lengths", nargs="+", type=int, default=[100, 1000])
+    parser.add_argument("--seeds", nargs="+", type=int, default=[1, 2, 3])
+    parser.add_argument("--max-steps", type=int, default=1000)
+    parser.add_argument("--batch", type=int, default=16)
+    parser.add_argument("--hidden", type=int, default=64)
+    parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--max-grad-norm", type=float, default=0.5)
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (0: torch's default)")
+    args = parser.parse_args(argv)
+    for spec in args.cores:
+        Probe(*parse_core(spec), args.hidden)  # bad names and options fail before any run
+    if args.threads:
+        torch.set_num_threads(args.threads)
+
+    print(
+        f"supervised T-maze recall: batch {args.batch}, hidden {args.hidden}, lr {args.lr}, "
+        f"at most {args.max_steps} gradient steps, solved = held-out accuracy >= {SOLVED}, "
+        f"{torch.get_num_threads()} torch thread(s)"
+    )
+    print("| core | corridor | seeds solved | steps to solve (per seed) | median | s / step |")
+    print("| --- | ---: | ---: | --- | ---: | ---: |")
+    for spec in args.cores:
+        for length in args.lengths:
+            results = [probe(spec, length, seed, args) for seed in args.seeds]
+            steps = [s for s, _ in results]
+            solved = [s for s in steps if s is not None]
+            per_seed = ", ".join("-" if s is None else str(s) for s in steps)
+            median = f"{statistics.median(solved):.0f}" if len(solved) == len(steps) else "-"
+            seconds = statistics.mean(t for _, t in results)
+            print(
+                f"| {spec} | {length} | {len(solved)}/{len(steps)} | {per_seed} | {median} "
+                f"| {seconds:.3f} |",
+                flush=True,
+            )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
