@@ -115,7 +115,7 @@ class PPOConfig:
     """Rollout and update hyperparameters, CleanRL's names.
 
     A2C (``algo: a2c``) reads rollout_len, gamma, gae_lambda, ent_coef, vf_coef,
-    max_grad_norm, lr, anneal_lr, norm_adv and bptt_len; it makes one update over the
+    max_grad_norm, lr, adam_eps, anneal_lr, norm_adv and bptt_len; it makes one update over the
     whole rollout, so epochs, num_minibatches, clip_coef, clip_vloss and target_kl do
     not apply to it. Minibatches are sets of environments: ``num_envs`` must divide
     by ``num_minibatches``.
@@ -133,6 +133,7 @@ class PPOConfig:
     vf_coef: float = 0.5
     max_grad_norm: float = 0.5
     lr: float = 2.5e-4
+    adam_eps: float = 1e-5  # CleanRL's; long memories need smaller (docs/results.md)
     anneal_lr: bool = True
     target_kl: float | None = None
     norm_adv: bool = True
@@ -156,6 +157,7 @@ class PPOConfig:
             value = getattr(self, name)
             _require(value >= 0.0, f"ppo.{name} must be >= 0, got {value}")
         _require(self.lr > 0.0, f"ppo.lr must be > 0, got {self.lr}")
+        _require(self.adam_eps > 0.0, f"ppo.adam_eps must be > 0, got {self.adam_eps}")
         _require(
             self.target_kl is None or self.target_kl > 0,
             f"ppo.target_kl must be None or > 0, got {self.target_kl}",

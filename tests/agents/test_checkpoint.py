@@ -49,9 +49,10 @@ def test_resume_continues_exactly_as_the_uninterrupted_run(tmp_path, monkeypatch
 
 
 def test_checkpoint_is_plain_data_written_atomically(tmp_path):
-    config = tiny_config(tmp_path, total_steps=4 * 16 * 2)
+    config = tiny_config(tmp_path, total_steps=4 * 16 * 2, **{"ppo.adam_eps": 1e-8})
     result = train(config, progress=False)
-    torch.load(result.checkpoint, weights_only=True)  # no pickled objects inside
+    saved = torch.load(result.checkpoint, weights_only=True)  # no pickled objects inside
+    assert saved["optimizer"]["param_groups"][0]["eps"] == 1e-8  # ppo.adam_eps reaches Adam
     leftovers = [p for p in result.run_dir.iterdir() if p.name.endswith(".tmp")]
     assert leftovers == []
 

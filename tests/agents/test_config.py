@@ -50,6 +50,7 @@ def test_defaults_and_yaml_and_overrides(tmp_path):
         ({"total_steps": "many"}, r"total_steps must be int, got 'many'"),
         ({"ppo": {"lr": [1]}}, r"ppo.lr must be float"),
         ({"ppo": {"gamma": 1.5}}, r"ppo.gamma must be in \[0, 1\]"),
+        ({"ppo": {"adam_eps": 0.0}}, r"ppo.adam_eps must be > 0, got 0.0"),
         ({"ppo": {"clip_vloss": "maybe"}}, r"ppo.clip_vloss must be bool"),
         ({"env": {"num_envs": 0}}, r"env.num_envs must be >= 1"),
         ({"env": {"num_envs": 6}}, r"num_envs \(6\) must be divisible by ppo.num_minibatches"),

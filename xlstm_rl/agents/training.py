@@ -201,7 +201,9 @@ def _train(config, payload, resume, world, device, progress) -> TrainResult:
         envs.single_observation_space, envs.single_action_space, config.core, config.policy
     ).to(device)
     # fused: one kernel for all parameters (0.3 ms a step on the CPU, against 1.4 ms)
-    optimizer = torch.optim.Adam(policy.parameters(), lr=config.ppo.lr, eps=1e-5, fused=True)
+    optimizer = torch.optim.Adam(
+        policy.parameters(), lr=config.ppo.lr, eps=config.ppo.adam_eps, fused=True
+    )
     collector = Collector(envs, policy, config.ppo.rollout_len, device, compile=config.compile)
     start_update, global_step = 0, 0
     recent = deque(maxlen=100)  # returns of the latest finished episodes (of all ranks)
