@@ -2,15 +2,17 @@
 
 The T-maze's recall problem as supervised learning: the cue (left or right) is
 seen at t = 0, then ``L`` corridor steps, then the junction, where the core's
-output must name the cue (cross-entropy on that step alone). The observations
-are the T-maze's own, ``[cue_left, cue_right, in_corridor, at_junction]``. The
-model is a linear encoder, the core and a linear read-out, trained with Adam and
-the PPO runs' gradient clipping. A run solves ``L`` when a held-out batch is
-classified at least 99% right; the table gives the gradient steps that took.
+output must name the cue (cross-entropy on that step alone). The observations are
+the T-maze's own, ``[cue_left, cue_right, in_corridor, at_junction]``. The model is
+a linear encoder, the core and a linear read-out, trained with Adam (torch's
+default epsilon, 1e-8, unless ``--adam-eps``) and the PPO runs' gradient clipping.
+A run solves ``L`` when a held-out batch is classified at least 99% right; the
+table gives the gradient steps that took.
 
-This separates what a core can carry across ``L`` steps from what PPO's sparse,
-noisy signal lets it learn in the memory_horizon suite: a core that fails here
-cannot solve that corridor with any RL budget at these settings.
+This separates what a core can learn to carry across ``L`` steps from what PPO's
+sparse, noisier signal teaches it in the memory_horizon suite: a core that fails
+here within the step cap is unlikely to learn that corridor from PPO at a similar
+number of episodes.
 
     python scripts/probe_memory.py [--cores mlstm gru 'gru:{update_bias: 4}'] \\
         [--lengths 100 1000] [--seeds 1 2 3] [--max-steps 1000]
@@ -76,7 +78,7 @@ def probe(spec: str, length: int, seed: int, args) -> tuple[int | None, float]:
     name, options = parse_core(spec)
     torch.manual_seed(seed)
     model = Probe(name, options, args.hidden)
-    optimizer = torch.optim.Adam(model.parameters(), lr=args.lr)
+    optimizer = torch.optim.Adam(model.parameters(), lr=args.lr, eps=args.adam_eps)
     train_gen = torch.Generator().manual_seed(seed)
     held_out = recall_batch(HELD_OUT, length, torch.Generator().manual_seed(10**6 + seed))
     start = time.perf_counter()
@@ -104,6 +106,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--hidden", type=int, default=64)
     parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--adam-eps", type=float, default=1e-8, help="torch's default")
     parser.add_argument("--max-grad-norm", type=float, default=0.5)
     parser.add_argument("--threads", type=int, default=1, help="torch threads (0: torch's default)")
     args = parser.parse_args(argv)
@@ -114,6 +117,7 @@ def main(argv: list[str] | None = None) -> int:
 
     print(
         f"supervised T-maze recall: batch {args.batch}, hidden {args.hidden}, lr {args.lr}, "
+        f"Adam eps {args.adam_eps}, "
         f"at most {args.max_steps} gradient steps, solved = held-out accuracy >= {SOLVED}, "
         f"{torch.get_num_threads()} torch thread(s)"
     )
