@@ -7,7 +7,9 @@ the T-maze's own, ``[cue_left, cue_right, in_corridor, at_junction]``. The model
 a linear encoder, the core and a linear read-out, trained with Adam (torch's
 default epsilon, 1e-8, unless ``--adam-eps``) and the PPO runs' gradient clipping.
 A run solves ``L`` when a held-out batch is classified at least 99% right; the
-table gives the gradient steps that took.
+table gives the gradient steps that took, and the RMS gradient that reaches the
+cue's encoder weights on the first step (compare it with Adam's epsilon: a gradient
+far below epsilon gets a step far below the learning rate).
 
 This separates what a core can learn to carry across ``L`` steps from what PPO's
 sparse, noisier signal teaches it in the memory_horizon suite: a core that fails
@@ -73,8 +75,10 @@ class Probe(nn.Module):
         return self.readout(y[:, -1])
 
 
-def probe(spec: str, length: int, seed: int, args) -> tuple[int | None, float]:
-    """Gradient steps until solved (None if not within max_steps), and seconds per step."""
+def probe(spec: str, length: int, seed: int, args) -> tuple[int | None, float, float]:
+    """Gradient steps until solved (None if not within max_steps), seconds per step, and
+    the RMS gradient that reaches the cue's encoder weights on the first step (before
+    clipping): how strongly the untrained core connects the junction to the cue."""
     name, options = parse_core(spec)
     torch.manual_seed(seed)
     model = Probe(name, options, args.hidden)
@@ -87,14 +91,16 @@ def probe(spec: str, length: int, seed: int, args) -> tuple[int | None, float]:
         loss = nn.functional.cross_entropy(model(x), cue)
         optimizer.zero_grad()
         loss.backward()
+        if step == 1:
+            cue_grad = model.encoder.weight.grad[:, :2].pow(2).mean().sqrt().item()
         nn.utils.clip_grad_norm_(model.parameters(), args.max_grad_norm)
         optimizer.step()
         if step % CHECK_EVERY == 0:
             with torch.no_grad():
                 accuracy = (model(held_out[0]).argmax(-1) == held_out[1]).float().mean().item()
             if accuracy >= SOLVED:
-                return step, (time.perf_counter() - start) / step
-    return None, (time.perf_counter() - start) / args.max_steps
+                return step, (time.perf_counter() - start) / step, cue_grad
+    return None, (time.perf_counter() - start) / args.max_steps, cue_grad
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -121,19 +127,23 @@ def main(argv: list[str] | None = None) -> int:
         f"at most {args.max_steps} gradient steps, solved = held-out accuracy >= {SOLVED}, "
         f"{torch.get_num_threads()} torch thread(s)"
     )
-    print("| core | corridor | seeds solved | steps to solve (per seed) | median | s / step |")
-    print("| --- | ---: | ---: | --- | ---: | ---: |")
+    print(
+        "| core | corridor | seeds solved | steps to solve (per seed) | median | s / step "
+        "| cue gradient at init |"
+    )
+    print("| --- | ---: | ---: | --- | ---: | ---: | ---: |")
     for spec in args.cores:
         for length in args.lengths:
             results = [probe(spec, length, seed, args) for seed in args.seeds]
-            steps = [s for s, _ in results]
+            steps = [s for s, _, _ in results]
             solved = [s for s in steps if s is not None]
             per_seed = ", ".join("-" if s is None else str(s) for s in steps)
             median = f"{statistics.median(solved):.0f}" if len(solved) == len(steps) else "-"
-            seconds = statistics.mean(t for _, t in results)
+            seconds = statistics.mean(t for _, t, _ in results)
+            cue_grad = statistics.mean(g for _, _, g in results)
             print(
                 f"| {spec} | {length} | {len(solved)}/{len(steps)} | {per_seed} | {median} "
-                f"| {seconds:.3f} |",
+                f"| {seconds:.3f} | {cue_grad:.1e} |",
                 flush=True,
             )
     return 0

@@ -56,3 +56,5 @@ def test_a_memory_core_solves_a_short_corridor_and_a_memoryless_one_cannot(capsy
     rows = {line.split("|")[1].strip(): line for line in out.splitlines() if line.startswith("| m")}
     assert "| 3 | 1/1 |" in rows["mlstm"]
     assert "| 3 | 0/1 | - | - |" in rows["mlp"]  # the cue is gone at the junction
+    assert rows["mlp"].endswith("| 0.0e+00 |")  # so no gradient reaches it
+    assert float(rows["mlstm"].split("|")[-2]) > 1e-4
