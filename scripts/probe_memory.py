@@ -116,6 +116,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-grad-norm", type=float, default=0.5)
     parser.add_argument("--threads", type=int, default=1, help="torch threads (0: torch's default)")
     args = parser.parse_args(argv)
+    if min(args.lengths) < 1:
+        parser.error(f"--lengths must be >= 1, got {args.lengths}")
+    for name in ("max_steps", "batch", "hidden"):
+        if getattr(args, name) < 1:
+            parser.error(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
     for spec in args.cores:
         Probe(*parse_core(spec), args.hidden)  # bad names and options fail before any run
     if args.threads:

@@ -45,6 +45,13 @@ def test_core_specs_parse_options_as_yaml_and_reject_malformed_ones():
         SCRIPT["main"](["--cores", "lstm:{update_bias: 4}", "--lengths", "2"])
 
 
+def test_bad_numbers_are_usage_errors(capsys):
+    for argv in (["--max-steps", "0"], ["--lengths", "10", "0"], ["--batch", "0"]):
+        with pytest.raises(SystemExit):
+            SCRIPT["main"](argv)
+        assert "must be >= 1" in capsys.readouterr().err
+
+
 def test_a_memory_core_solves_a_short_corridor_and_a_memoryless_one_cannot(capsys):
     assert (
         SCRIPT["main"](
