@@ -6,6 +6,10 @@ output must name the cue (cross-entropy on that step alone). The observations ar
 the T-maze's own, ``[cue_left, cue_right, in_corridor, at_junction]``. The model is
 a linear encoder, the core and a linear read-out, trained with Adam (torch's
 default epsilon, 1e-8, unless ``--adam-eps``) and the PPO runs' gradient clipping.
+``--policy`` trains the agents' own policy network instead (encoder, core, two tanh
+layers, the action head) on its action logits at the junction (no cue-gradient
+column there: its encoder scales the cue inputs to -1 after t = 0, so no weight
+reads the cue alone).
 A run solves ``L`` when a held-out batch is classified at least 99% right; the
 table gives the gradient steps that took, and the RMS gradient that reaches the
 cue's encoder weights on the first step (compare it with Adam's epsilon: a gradient
@@ -26,14 +30,19 @@ as a YAML mapping.
 from __future__ import annotations
 
 import argparse
+import math
 import statistics
 import time
 
 import torch
 import yaml
+from tensordict import TensorDict
 from torch import nn
 
+from xlstm_rl.agents.policy import Policy
+from xlstm_rl.config import CoreConfig, PolicyConfig
 from xlstm_rl.cores import build_core
+from xlstm_rl.envs.tmaze import TMazeEnv
 
 CHECK_EVERY = 10  # gradient steps between held-out checks
 HELD_OUT = 128  # held-out sequences per check
@@ -64,15 +73,40 @@ def recall_batch(batch_size: int, length: int, generator: torch.Generator):
 
 
 class Probe(nn.Module):
+    """Linear encoder -> core -> linear read-out of the junction step's two logits."""
+
     def __init__(self, core_name: str, options: dict, hidden_size: int):
         super().__init__()
         self.encoder = nn.Linear(4, hidden_size)
         self.core = build_core(core_name, hidden_size, hidden_size, **options)
         self.readout = nn.Linear(self.core.output_size, 2)
+        self.cue_weight = self.encoder.weight  # its columns 0, 1 read the cue
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y, _ = self.core(torch.relu(self.encoder(x)), self.core.initial_state(x.shape[0]))
         return self.readout(y[:, -1])
+
+
+class PolicyProbe(nn.Module):
+    """The agents' own policy network (defaults of ``PolicyConfig``), its action logits at
+    the junction: what PPO trains, with the RL taken out."""
+
+    def __init__(self, core_name: str, options: dict, hidden_size: int):
+        super().__init__()
+        env = TMazeEnv()
+        core = CoreConfig(name=core_name, hidden_size=hidden_size, options=options)
+        self.policy = Policy(env.observation_space, env.action_space, core, PolicyConfig())
+        # no weight reads the cue alone: the encoder scales observations to [-1, 1], so
+        # the cue inputs read -1 after t = 0 and their weights take gradient from every step
+        self.cue_weight = None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        batch, steps = x.shape[:2]
+        resets = torch.zeros(batch, steps, dtype=torch.bool)
+        resets[:, 0] = True
+        inputs = TensorDict({"obs": x}, batch_size=[batch, steps])
+        dist, _, _ = self.policy(inputs, self.policy.initial_state(batch), resets)
+        return dist.logits[:, -1]
 
 
 def probe(spec: str, length: int, seed: int, args) -> tuple[int | None, float, float]:
@@ -81,7 +115,8 @@ def probe(spec: str, length: int, seed: int, args) -> tuple[int | None, float, f
     clipping): how strongly the untrained core connects the junction to the cue."""
     name, options = parse_core(spec)
     torch.manual_seed(seed)
-    model = Probe(name, options, args.hidden)
+    model = (PolicyProbe if args.policy else Probe)(name, options, args.hidden)
+    cue_grad = float("nan")
     optimizer = torch.optim.Adam(model.parameters(), lr=args.lr, eps=args.adam_eps)
     train_gen = torch.Generator().manual_seed(seed)
     held_out = recall_batch(HELD_OUT, length, torch.Generator().manual_seed(10**6 + seed))
@@ -91,8 +126,8 @@ def probe(spec: str, length: int, seed: int, args) -> tuple[int | None, float, f
         loss = nn.functional.cross_entropy(model(x), cue)
         optimizer.zero_grad()
         loss.backward()
-        if step == 1:
-            cue_grad = model.encoder.weight.grad[:, :2].pow(2).mean().sqrt().item()
+        if step == 1 and model.cue_weight is not None:
+            cue_grad = model.cue_weight.grad[:, :2].pow(2).mean().sqrt().item()
         nn.utils.clip_grad_norm_(model.parameters(), args.max_grad_norm)
         optimizer.step()
         if step % CHECK_EVERY == 0:
@@ -114,6 +149,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--adam-eps", type=float, default=1e-8, help="torch's default")
     parser.add_argument("--max-grad-norm", type=float, default=0.5)
+    parser.add_argument(
+        "--policy", action="store_true", help="the agents' policy network instead of the bare core"
+    )
     parser.add_argument("--threads", type=int, default=1, help="torch threads (0: torch's default)")
     args = parser.parse_args(argv)
     if min(args.lengths) < 1:
@@ -122,12 +160,14 @@ def main(argv: list[str] | None = None) -> int:
         if getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
     for spec in args.cores:
-        Probe(*parse_core(spec), args.hidden)  # bad names and options fail before any run
+        # bad names and options fail before any run
+        (PolicyProbe if args.policy else Probe)(*parse_core(spec), args.hidden)
     if args.threads:
         torch.set_num_threads(args.threads)
 
     print(
-        f"supervised T-maze recall: batch {args.batch}, hidden {args.hidden}, lr {args.lr}, "
+        f"supervised T-maze recall{' through the policy network' if args.policy else ''}: "
+        f"batch {args.batch}, hidden {args.hidden}, lr {args.lr}, "
         f"Adam eps {args.adam_eps}, "
         f"at most {args.max_steps} gradient steps, solved = held-out accuracy >= {SOLVED}, "
         f"{torch.get_num_threads()} torch thread(s)"
@@ -146,9 +186,10 @@ def main(argv: list[str] | None = None) -> int:
             median = f"{statistics.median(solved):.0f}" if len(solved) == len(steps) else "-"
             seconds = statistics.mean(t for _, t, _ in results)
             cue_grad = statistics.mean(g for _, _, g in results)
+            cue_grad = "-" if math.isnan(cue_grad) else f"{cue_grad:.1e}"
             print(
                 f"| {spec} | {length} | {len(solved)}/{len(steps)} | {per_seed} | {median} "
-                f"| {seconds:.3f} | {cue_grad:.1e} |",
+                f"| {seconds:.3f} | {cue_grad} |",
                 flush=True,
             )
     return 0

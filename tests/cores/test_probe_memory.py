@@ -45,6 +45,16 @@ def test_core_specs_parse_options_as_yaml_and_reject_malformed_ones():
         SCRIPT["main"](["--cores", "lstm:{update_bias: 4}", "--lengths", "2"])
 
 
+def test_the_policy_network_probe_learns_a_short_corridor_through_the_agents_policy(capsys):
+    argv = ["--cores", "mlstm", "mlp", "--lengths", "3", "--seeds", "1", "--max-steps", "200"]
+    assert SCRIPT["main"]([*argv, "--policy"]) == 0
+    out = capsys.readouterr().out
+    assert "through the policy network" in out
+    rows = {line.split("|")[1].strip(): line for line in out.splitlines() if line.startswith("| m")}
+    assert "| 3 | 1/1 |" in rows["mlstm"] and rows["mlstm"].endswith("| - |")
+    assert "| 3 | 0/1 | - | - |" in rows["mlp"]
+
+
 def test_bad_numbers_are_usage_errors(capsys):
     for argv in (["--max-steps", "0"], ["--lengths", "10", "0"], ["--batch", "0"]):
         with pytest.raises(SystemExit):
