@@ -109,13 +109,17 @@ class PolicyProbe(nn.Module):
         return dist.logits[:, -1]
 
 
+def build_model(spec: str, args) -> nn.Module:
+    """The bare-core probe, or the policy network with ``--policy``, for a core spec."""
+    return (PolicyProbe if args.policy else Probe)(*parse_core(spec), args.hidden)
+
+
 def probe(spec: str, length: int, seed: int, args) -> tuple[int | None, float, float]:
     """Gradient steps until solved (None if not within max_steps), seconds per step, and
     the RMS gradient that reaches the cue's encoder weights on the first step (before
     clipping): how strongly the untrained core connects the junction to the cue."""
-    name, options = parse_core(spec)
     torch.manual_seed(seed)
-    model = (PolicyProbe if args.policy else Probe)(name, options, args.hidden)
+    model = build_model(spec, args)
     cue_grad = float("nan")
     optimizer = torch.optim.Adam(model.parameters(), lr=args.lr, eps=args.adam_eps)
     train_gen = torch.Generator().manual_seed(seed)
@@ -160,8 +164,7 @@ def main(argv: list[str] | None = None) -> int:
         if getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
     for spec in args.cores:
-        # bad names and options fail before any run
-        (PolicyProbe if args.policy else Probe)(*parse_core(spec), args.hidden)
+        build_model(spec, args)  # bad names and options fail before any run
     if args.threads:
         torch.set_num_threads(args.threads)
 
