@@ -117,8 +117,8 @@ class PPOConfig:
     A2C (``algo: a2c``) reads rollout_len, gamma, gae_lambda, ent_coef, vf_coef,
     max_grad_norm, lr, adam_eps, anneal_lr, norm_adv and bptt_len; it makes one update
     over the whole rollout, so epochs, num_minibatches, clip_coef, clip_vloss and
-    target_kl do not apply to it. Minibatches are sets of environments: ``num_envs`` must divide
-    by ``num_minibatches``.
+    target_kl do not apply to it. Minibatches are sets of environments: ``num_envs``
+    must divide by ``num_minibatches``.
     """
 
     rollout_len: int = 128
