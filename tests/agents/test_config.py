@@ -4,6 +4,7 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 
 from tests.agents.conftest import tiny_config
 from xlstm_rl.agents import train
@@ -83,6 +84,16 @@ def test_cli_errors_exit_with_the_message(tmp_path, capsys):
     with pytest.raises(SystemExit):
         main(["train", "--config", str(tmp_path / "missing.yaml")])
     assert "config file not found" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_cli_cuda_without_a_gpu_is_a_clear_error(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["train", "--config", str(CONFIGS[0]), "--device", "cuda", "--log_dir", str(tmp_path)])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert "device 'cuda' asked for, but CUDA is not available" in err
+    assert "Traceback" not in err
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=[p.stem for p in CONFIGS])

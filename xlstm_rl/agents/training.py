@@ -66,7 +66,10 @@ def resolve_device(name: str) -> torch.device:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     device = torch.device(name)
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError(f"device {name!r} asked for, but CUDA is not available")
+        raise ValueError(
+            f"device {name!r} asked for, but CUDA is not available here; "
+            "use --device cpu (or auto, which picks cuda when there is one)"
+        )
     return device
 
 
