@@ -64,9 +64,10 @@ def slstm_sequence_reference(
     if T == 0:
         raise ValueError("slstm_sequence needs T >= 1")
     hs = []
-    for t in range(T):
-        h_t, state = slstm_step_reference(
-            g[:, t], R, state, reset=None if resets is None else resets[:, t]
-        )
+    # unbind, not g[:, t]: the backward of T selects would build T zero tensors of g's
+    # full size (quadratic in T); unbind's backward stacks the T gradients once
+    resets_t = [None] * T if resets is None else resets.unbind(1)
+    for g_t, reset_t in zip(g.unbind(1), resets_t):
+        h_t, state = slstm_step_reference(g_t, R, state, reset=reset_t)
         hs.append(h_t)
     return torch.stack(hs, dim=1), state  # (B, T, H, Dh)
