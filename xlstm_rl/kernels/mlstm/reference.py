@@ -106,13 +106,14 @@ def mlstm_sequence_reference(
     chunk_size: int = 64,  # unused: kept so every backend has one signature
 ) -> tuple[torch.Tensor, State]:
     T = q.shape[2]
-    hs = []
-    for t in range(T):
-        reset_t = None if resets is None else resets[:, t]
-        h_t, state = mlstm_step_reference(
-            q[:, :, t], k[:, :, t], v[:, :, t], i[:, :, t], f[:, :, t], state, reset=reset_t
-        )
-        hs.append(h_t)
     if T == 0:
         raise ValueError("mlstm_sequence needs T >= 1")
+    hs = []
+    # unbind, not q[:, :, t]: the backward of T selects would build T zero tensors of
+    # each input's full size (quadratic in T); unbind's backward stacks them once
+    resets_t = [None] * T if resets is None else resets.unbind(1)
+    steps = zip(q.unbind(2), k.unbind(2), v.unbind(2), i.unbind(2), f.unbind(2), resets_t)
+    for q_t, k_t, v_t, i_t, f_t, reset_t in steps:
+        h_t, state = mlstm_step_reference(q_t, k_t, v_t, i_t, f_t, state, reset=reset_t)
+        hs.append(h_t)
     return torch.stack(hs, dim=2), state
