@@ -66,10 +66,13 @@ class _TorchRNNCore(MemoryCore):
         if resets is not None:
             cuts = sorted({0, T, *resets.any(0).nonzero().flatten().tolist()})
         ys = []
-        for start, end in zip(cuts[:-1], cuts[1:]):
+        # tensor_split, not x[:, start:end]: each slice's backward would build a zero
+        # tensor of x's full size; split's backward concatenates the pieces once
+        pieces = x.tensor_split(cuts[1:-1], dim=1)
+        for start, piece in zip(cuts[:-1], pieces):
             if resets is not None:
                 state = reset_rows(state, resets[:, start])
-            y, hx = self.rnn(x[:, start:end], self._to_torch(state))
+            y, hx = self.rnn(piece, self._to_torch(state))
             state = self._from_torch(hx, state.batch_size)
             ys.append(y)
         return torch.cat(ys, dim=1), state
