@@ -85,7 +85,10 @@ class PolicyConfig:
     ``prev_reward`` feed the previous step's action and reward to the core (POPGym's
     convention), zeroed at episode starts. The actor and the critic each read the
     core's output through ``head_layers`` tanh layers of ``head_hidden`` units
-    (0 layers: linear heads).
+    (0 layers: linear heads). ``shared_core`` False gives the critic a core of its own
+    (same name and options as ``core``; sb3-contrib RecurrentPPO's default), so the
+    value loss trains only that one and the policy loss only the actor's; the encoder
+    stays shared.
     """
 
     prev_action: bool = False
@@ -95,6 +98,7 @@ class PolicyConfig:
     cnn_channels: int = 32
     head_hidden: int = 64
     head_layers: int = 2
+    shared_core: bool = True
 
     def __post_init__(self):
         _check_types(self, "policy")

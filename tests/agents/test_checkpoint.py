@@ -15,9 +15,15 @@ class Interrupted(Exception):
     pass
 
 
-@pytest.mark.parametrize("core", ["gru", "mlstm"])
-def test_resume_continues_exactly_as_the_uninterrupted_run(tmp_path, monkeypatch, core):
-    config = tiny_config(tmp_path, **{"core.name": core, "policy.prev_action": True})
+@pytest.mark.parametrize(
+    "core, shared",
+    [("gru", True), ("mlstm", True), ("gru", False)],
+    ids=["gru", "mlstm", "gru-critic-core"],
+)
+def test_resume_continues_exactly_as_the_uninterrupted_run(tmp_path, monkeypatch, core, shared):
+    # shared False: the policy's state nests the actor's and the critic's core states
+    overrides = {"core.name": core, "policy.prev_action": True, "policy.shared_core": shared}
+    config = tiny_config(tmp_path, **overrides)
     assert config.num_updates == 4 and config.checkpoint_every == 2
     full = train(dataclasses.replace(config, name="full"), progress=False)
 
@@ -39,6 +45,8 @@ def test_resume_continues_exactly_as_the_uninterrupted_run(tmp_path, monkeypatch
     resumed = train(resume=tmp_path / "runs" / "cut" / "checkpoint.pt", progress=False)
     a, b = ckpt.load_checkpoint(full.checkpoint), ckpt.load_checkpoint(resumed.checkpoint)
     assert a["update"] == b["update"] == 4 and a["global_step"] == b["global_step"]
+    assert any(key.startswith("critic_core.") for key in a["model"]) == (not shared)
+    assert ("critic" in a["state"]) == (not shared)
     for key in a["model"]:
         assert torch.equal(a["model"][key], b["model"][key]), key
     for key, state in a["optimizer"]["state"].items():

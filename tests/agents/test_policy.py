@@ -167,3 +167,48 @@ def test_target_kl_stops_after_the_epoch_that_crossed_it(tmp_path):
     optimizer = torch.optim.Adam(policy.parameters(), lr=1e-3)
     metrics = update(policy, optimizer, rollout, state, config)
     assert metrics["optimizer_steps"] == config.ppo.num_minibatches  # one epoch, not four
+
+
+@pytest.mark.parametrize("core", ["mlstm", "gru"])
+def test_separate_critic_core_steps_as_it_runs_and_trains_apart(core):
+    # policy.shared_core false: {"actor", "critic"} state, the sequence form equals T
+    # steps, the policy loss reaches only the actor's core, the value loss only the critic's
+    torch.manual_seed(0)
+    policy = Policy(
+        spaces.Discrete(4),
+        spaces.Discrete(3),
+        CoreConfig(name=core, hidden_size=16),
+        PolicyConfig(encoder_size=16, shared_core=False),
+    )
+    B, T = 3, 7
+    obs = torch.randint(0, 4, (B, T))
+    resets = torch.zeros(B, T, dtype=torch.bool)
+    resets[1, 4] = True
+    state = policy.initial_state(B)
+    assert set(state.keys()) == {"actor", "critic"}
+    dist, values, final = policy(TensorDict(obs=obs, batch_size=[B, T]), state, resets)
+    step_state, step_logits, step_values = state, [], []
+    with torch.no_grad():
+        for t in range(T):
+            d, v, step_state = policy.step({"obs": obs[:, t]}, step_state, resets[:, t])
+            step_logits.append(d.logits)
+            step_values.append(v)
+    torch.testing.assert_close(torch.stack(step_values, 1), values.detach(), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(
+        torch.stack(step_logits, 1), dist.logits.detach(), atol=1e-5, rtol=1e-5
+    )
+    torch.testing.assert_close(step_state, final.detach(), atol=1e-5, rtol=1e-5)
+
+    def grads(module):
+        return [p.grad for p in module.parameters()]
+
+    values.square().sum().backward(retain_graph=True)
+    assert all(g is None for g in grads(policy.core)), "the value loss reached the actor's core"
+    assert all(g is not None and g.abs().sum() > 0 for g in grads(policy.critic_core))
+    policy.zero_grad(set_to_none=True)
+    dist.log_prob(torch.zeros(B, T, dtype=torch.long)).sum().backward()
+    assert all(g is None for g in grads(policy.critic_core)), "the policy loss reached the critic's"
+    assert any(g is not None and g.abs().sum() > 0 for g in grads(policy.core))
+
+    with pytest.raises(ValueError, match="'actor' and 'critic'"):
+        policy.step({"obs": obs[:, 0]}, policy.core.initial_state(B), resets[:, 0])

@@ -5,7 +5,9 @@ Inputs are a TensorDict (or a plain dict, as the acting loop passes) with ``obs`
 ``forward``. The previous action and reward
 (POPGym's convention, optional) are zeroed where an episode starts, so the policy
 never sees the last episode's action in a new one. The core's recurrent state is
-passed in and returned, never kept here.
+passed in and returned, never kept here. With ``policy.shared_core: false`` the critic
+reads a core of its own and the state is a TensorDict ``{"actor": ..., "critic": ...}``
+of the two cores' states.
 """
 
 from __future__ import annotations
@@ -217,6 +219,13 @@ class Policy(nn.Module):
             in_size += 1
         self.project = nn.Sequential(nn.Linear(in_size, config.encoder_size), nn.ReLU())
         self.core = build_core(core.name, config.encoder_size, core.hidden_size, **core.options)
+        # policy.shared_core false: the critic reads a core of its own (same kind), and the
+        # recurrent state is {"actor": ..., "critic": ...}
+        self.critic_core = (
+            None
+            if config.shared_core
+            else build_core(core.name, config.encoder_size, core.hidden_size, **core.options)
+        )
         self.actor_trunk = _trunk(self.core.output_size, config.head_hidden, config.head_layers)
         self.critic_trunk = _trunk(self.core.output_size, config.head_hidden, config.head_layers)
         head_size = config.head_hidden if config.head_layers else self.core.output_size
@@ -224,7 +233,24 @@ class Policy(nn.Module):
         self.critic = _layer(nn.Linear(head_size, 1), 1.0)
 
     def initial_state(self, batch_size: int, device=None) -> TensorDict:
-        return self.core.initial_state(batch_size, device=device)
+        state = self.core.initial_state(batch_size, device=device)
+        if self.critic_core is None:
+            return state
+        critic = self.critic_core.initial_state(batch_size, device=device)
+        return self._pair(state, critic)
+
+    @staticmethod
+    def _pair(actor: TensorDict, critic: TensorDict) -> TensorDict:
+        return TensorDict({"actor": actor, "critic": critic}, batch_size=actor.batch_size)
+
+    def _split(self, state: TensorDict) -> tuple[TensorDict, TensorDict]:
+        if not ("actor" in state.keys() and "critic" in state.keys()):
+            raise ValueError(
+                "this policy has a separate critic core (policy.shared_core false): its state "
+                "is a TensorDict with 'actor' and 'critic' entries, from Policy.initial_state; "
+                f"got one with keys {sorted(state.keys())}"
+            )
+        return state["actor"], state["critic"]
 
     def _inputs(self, inputs: TensorDict, episode_start: torch.Tensor) -> torch.Tensor:
         parts = [self.encoder(inputs["obs"])]
@@ -237,8 +263,14 @@ class Policy(nn.Module):
 
     def step(self, inputs: TensorDict, state: TensorDict, reset: torch.Tensor):
         """One step for B envs: returns (action distribution, value (B,), new state)."""
-        h, state = self.core.step(self._inputs(inputs, reset), state, reset=reset)
-        return self._heads(h, state)
+        x = self._inputs(inputs, reset)
+        if self.critic_core is None:
+            h, state = self.core.step(x, state, reset=reset)
+            return self._heads(h, h, state)
+        actor, critic = self._split(state)
+        h, actor = self.core.step(x, actor, reset=reset)
+        h_critic, critic = self.critic_core.step(x, critic, reset=reset)
+        return self._heads(h, h_critic, self._pair(actor, critic))
 
     def act(self, inputs: TensorDict, state: TensorDict, reset: torch.Tensor):
         """``step``, then a sampled action: returns (action, its log-prob, value (B,), new
@@ -250,9 +282,15 @@ class Policy(nn.Module):
 
     def forward(self, inputs: TensorDict, state: TensorDict, resets: torch.Tensor):
         """A (B, T) sequence from ``state``: returns (distribution, values (B, T), final state)."""
-        h, state = self.core(self._inputs(inputs, resets), state, resets=resets)
-        return self._heads(h, state)
+        x = self._inputs(inputs, resets)
+        if self.critic_core is None:
+            h, state = self.core(x, state, resets=resets)
+            return self._heads(h, h, state)
+        actor, critic = self._split(state)
+        h, actor = self.core(x, actor, resets=resets)
+        h_critic, critic = self.critic_core(x, critic, resets=resets)
+        return self._heads(h, h_critic, self._pair(actor, critic))
 
-    def _heads(self, h: torch.Tensor, state: TensorDict):
-        value = self.critic(self.critic_trunk(h)).squeeze(-1)
+    def _heads(self, h: torch.Tensor, h_critic: torch.Tensor, state: TensorDict):
+        value = self.critic(self.critic_trunk(h_critic)).squeeze(-1)
         return self.actor(self.actor_trunk(h)), value, state
