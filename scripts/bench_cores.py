@@ -5,7 +5,10 @@ resets: the time of one training pass (forward + backward over the sequence) and
 of one acting step at B=16. Baselines measured in the same run: torch's fused
 nn.LSTM over the same sequence without resets, and the mLSTM core on the
 reference step loop. Prints the ratios the memory-cores issue asks for and the
-mLSTM step time at t=10 versus t=10,000 into an episode.
+mLSTM step time at t=10 versus t=10,000 into an episode, and (``--long``, on by
+default; ``--no-long`` skips it) each core's training pass at B=16 over T=1,024 against
+T=128, per step: about 1 means the cost is linear in T, as it must be for a recurrent
+core (a backward that grows faster, as the step loops once had, shows up here).
 
 ``--compile`` adds a row for the mLSTM core under ``torch.compile`` (the agents'
 ``compile: true``: its elementwise work fused, the cell differentiated by autograd)
@@ -79,6 +82,12 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=20)
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: all)")
     parser.add_argument("--compile", action="store_true", help="add the compiled mLSTM core")
+    parser.add_argument(
+        "--long",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="per-step training cost at T=1,024 over T=128 (B=16) for each recurrent core",
+    )
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -164,6 +173,22 @@ def main() -> None:
         f"mLSTM step at t=10: {early:.3f} ms, at t=10,000: {late:.3f} ms, "
         f"ratio {late / early:.2f}  (target within 10%)"
     )
+    if args.long:
+        print(f"training pass per step, T=1,024 over T=128 (B={B_STEP}): " + long_ratios(args))
+
+
+def long_ratios(args) -> str:
+    """Per-step training cost at T = 1,024 over T = 128 for each recurrent core."""
+    out = []
+    for name in ("mlstm", "slstm", "xlstm", "lstm", "gru"):
+        core, per_step = build_core(name, HIDDEN, HIDDEN), []
+        for length in (128, 1024):
+            x = torch.randn(B_STEP, length, HIDDEN)
+            resets = torch.rand(B_STEP, length) < RESET_RATE
+            ms = timeit(train_pass(core, x, resets), max(2, args.repeats // 5), warmup=1)
+            per_step.append(ms / length)
+        out.append(f"{name} {per_step[1] / per_step[0]:.2f}")
+    return ", ".join(out) + "  (linear in T: about 1)"
 
 
 if __name__ == "__main__":
