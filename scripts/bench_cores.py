@@ -5,7 +5,10 @@ resets: the time of one training pass (forward + backward over the sequence) and
 of one acting step at B=16. Baselines measured in the same run: torch's fused
 nn.LSTM over the same sequence without resets, and the mLSTM core on the
 reference step loop. Prints the ratios the memory-cores issue asks for and the
-mLSTM step time at t=10 versus t=10,000 into an episode, and (``--long``, on by
+mLSTM step time at t=10 versus t=10,000 into an episode. The mLSTM / nn.LSTM ratio is
+also timed in alternation (``--repeats`` pairs, the order flipped every pair; median and
+quartiles of the per-pair ratios), which the VM's drift between blocks of runs moves
+less than the ratio of two best times taken minutes apart. And (``--long``, on by
 default; ``--no-long`` skips it) each core's training pass at B=16 over T=1,024 against
 T=128, per step: about 1 means the cost is linear in T, as it must be for a recurrent
 core (a backward that grows faster, as the step loops once had, shows up here).
@@ -21,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import platform
+import statistics
 import time
 
 import torch
@@ -42,6 +46,27 @@ def timeit(fn, repeats: int, warmup: int = 3) -> float:
         fn()
         times.append((time.perf_counter() - start) * 1e3)
     return min(times)
+
+
+def paired_ratios(fn_a, fn_b, pairs: int, warmup: int = 3) -> list[float]:
+    """Time fn_a and fn_b in alternation and return the ratio a / b of each pair: the
+    machine's drift between two blocks of runs (minutes apart) cancels within a pair."""
+    for _ in range(warmup):
+        fn_a(), fn_b()
+    ratios = []
+    for n in range(pairs):
+        times = {}
+        for name, fn in (("a", fn_a), ("b", fn_b)) if n % 2 == 0 else (("b", fn_b), ("a", fn_a)):
+            start = time.perf_counter()
+            fn()
+            times[name] = time.perf_counter() - start
+        ratios.append(times["a"] / times["b"])
+    return ratios
+
+
+def quartiles(values: list[float]) -> str:
+    q1, _, q3 = statistics.quantiles(values, n=4)
+    return f"{q1:.2f}-{q3:.2f}"
 
 
 def cpu_name() -> str:
@@ -136,6 +161,12 @@ def main() -> None:
 
     chunk, lstm_ms = rows["mlstm"][0], rows["nn.LSTM fused, no resets"][0]
     print(f"\nmLSTM chunkwise / fused nn.LSTM (train pass): {chunk / lstm_ms:.2f}  (target <= 1.0)")
+    mlstm_pass = train_pass(build_core("mlstm", HIDDEN, HIDDEN), x, resets)
+    ratios = paired_ratios(mlstm_pass, fused_pass, args.repeats)
+    print(
+        f"  the same, timed in alternation ({len(ratios)} pairs): median "
+        f"{statistics.median(ratios):.2f}, quartiles {quartiles(ratios)}"
+    )
     if args.compile:
         print(
             f"mLSTM chunkwise under torch.compile / fused nn.LSTM (train pass): "
