@@ -92,15 +92,20 @@ def test_categorical_samples_follow_the_probabilities():
     assert (draws[:, 1] == 2).all()
 
 
-@pytest.mark.parametrize("core", ["mlstm", "gru"])
-def test_act_is_step_then_a_sample(core):
+def small_policy(core: str, **options) -> Policy:
+    """Discrete(4) observations, Discrete(3) actions, width 16; ``options`` for PolicyConfig."""
     torch.manual_seed(0)
-    policy = Policy(
+    return Policy(
         spaces.Discrete(4),
         spaces.Discrete(3),
         CoreConfig(name=core, hidden_size=16),
-        PolicyConfig(prev_action=True, encoder_size=16),
+        PolicyConfig(encoder_size=16, **options),
     )
+
+
+@pytest.mark.parametrize("core", ["mlstm", "gru"])
+def test_act_is_step_then_a_sample(core):
+    policy = small_policy(core, prev_action=True)
     B = 6
     inputs = {
         "obs": torch.randint(0, 4, (B,)),
@@ -173,13 +178,7 @@ def test_target_kl_stops_after_the_epoch_that_crossed_it(tmp_path):
 def test_separate_critic_core_steps_as_it_runs_and_trains_apart(core):
     # policy.shared_core false: {"actor", "critic"} state, the sequence form equals T
     # steps, the policy loss reaches only the actor's core, the value loss only the critic's
-    torch.manual_seed(0)
-    policy = Policy(
-        spaces.Discrete(4),
-        spaces.Discrete(3),
-        CoreConfig(name=core, hidden_size=16),
-        PolicyConfig(encoder_size=16, shared_core=False),
-    )
+    policy = small_policy(core, shared_core=False)
     B, T = 3, 7
     obs = torch.randint(0, 4, (B, T))
     resets = torch.zeros(B, T, dtype=torch.bool)
