@@ -264,13 +264,7 @@ class Policy(nn.Module):
     def step(self, inputs: TensorDict, state: TensorDict, reset: torch.Tensor):
         """One step for B envs: returns (action distribution, value (B,), new state)."""
         x = self._inputs(inputs, reset)
-        if self.critic_core is None:
-            h, state = self.core.step(x, state, reset=reset)
-            return self._heads(h, h, state)
-        actor, critic = self._split(state)
-        h, actor = self.core.step(x, actor, reset=reset)
-        h_critic, critic = self.critic_core.step(x, critic, reset=reset)
-        return self._heads(h, h_critic, self._pair(actor, critic))
+        return self._run_cores(lambda core, s: core.step(x, s, reset=reset), state)
 
     def act(self, inputs: TensorDict, state: TensorDict, reset: torch.Tensor):
         """``step``, then a sampled action: returns (action, its log-prob, value (B,), new
@@ -283,14 +277,18 @@ class Policy(nn.Module):
     def forward(self, inputs: TensorDict, state: TensorDict, resets: torch.Tensor):
         """A (B, T) sequence from ``state``: returns (distribution, values (B, T), final state)."""
         x = self._inputs(inputs, resets)
-        if self.critic_core is None:
-            h, state = self.core(x, state, resets=resets)
-            return self._heads(h, h, state)
-        actor, critic = self._split(state)
-        h, actor = self.core(x, actor, resets=resets)
-        h_critic, critic = self.critic_core(x, critic, resets=resets)
-        return self._heads(h, h_critic, self._pair(actor, critic))
+        return self._run_cores(lambda core, s: core(x, s, resets=resets), state)
 
-    def _heads(self, h: torch.Tensor, h_critic: torch.Tensor, state: TensorDict):
+    def _run_cores(self, run, state: TensorDict):
+        """``run(core, its state) -> (output, new state)`` through the actor's core, and the
+        critic's where it has its own; then the heads: (distribution, value, new state)."""
+        if self.critic_core is None:
+            h, state = run(self.core, state)
+            h_critic = h
+        else:
+            actor, critic = self._split(state)
+            h, actor = run(self.core, actor)
+            h_critic, critic = run(self.critic_core, critic)
+            state = self._pair(actor, critic)
         value = self.critic(self.critic_trunk(h_critic)).squeeze(-1)
         return self.actor(self.actor_trunk(h)), value, state
