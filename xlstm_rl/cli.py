@@ -145,6 +145,20 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, FileNotFoundError, CheckpointError) as e:
         # Bad configs, unknown env ids or core options, damaged checkpoints: one clear line.
         parser.exit(2, f"xlstm-rl {args.command}: error: {e}\n")
+    except KeyboardInterrupt:
+        # Ctrl-C: checkpoints are written atomically, so the last one is whole; say how
+        # to go on rather than print a traceback from wherever the run was
+        parser.exit(130, f"xlstm-rl {args.command}: interrupted; {_INTERRUPTED[args.command]}\n")
+
+
+_INTERRUPTED = {
+    "train": "resume from the run's last checkpoint (one is written every "
+    "checkpoint_every updates) with "
+    "xlstm-rl train --resume <log_dir>/<run>/checkpoint.pt",
+    "suite": "run the same command again to go on (finished runs are skipped)",
+    "evaluate": "nothing was written",
+    "report": "run it again",
+}
 
 
 if __name__ == "__main__":

@@ -86,6 +86,18 @@ def test_cli_errors_exit_with_the_message(tmp_path, capsys):
     assert "config file not found" in capsys.readouterr().err
 
 
+def test_cli_ctrl_c_says_how_to_resume(tmp_path, capsys, monkeypatch):
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr("xlstm_rl.agents.train", interrupted)
+    with pytest.raises(SystemExit) as exit_info:
+        main(["train", "--config", str(CONFIGS[0]), "--log_dir", str(tmp_path)])
+    assert exit_info.value.code == 130
+    err = capsys.readouterr().err
+    assert "interrupted; resume" in err and "--resume" in err and "Traceback" not in err
+
+
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
 def test_cli_cuda_without_a_gpu_is_a_clear_error(tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_info:
