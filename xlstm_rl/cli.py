@@ -105,7 +105,11 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--config", type=Path, help="YAML config (default: configs/default.yaml)")
     train.add_argument("--resume", type=Path, help="continue from this checkpoint")
     train.add_argument("--quiet", action="store_true", help="no progress bar")
-    train.set_defaults(run=_train)
+    train.set_defaults(
+        run=_train,
+        on_interrupt="resume from the run's last checkpoint (one is written every "
+        "checkpoint_every updates) with xlstm-rl train --resume <log_dir>/<run>/checkpoint.pt",
+    )
 
     evaluate = commands.add_parser("evaluate", help="evaluate a checkpoint on held-out seeds")
     evaluate.add_argument("checkpoint", type=Path)
@@ -114,7 +118,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--stochastic", action="store_true", help="sample actions, not the mode")
     evaluate.add_argument("--device", default="cpu")
     evaluate.add_argument("--json", type=Path, help="also write the results here")
-    evaluate.set_defaults(run=_evaluate)
+    evaluate.set_defaults(run=_evaluate, on_interrupt="nothing was written")
 
     suite = commands.add_parser(
         "suite",
@@ -129,11 +133,13 @@ def build_parser() -> argparse.ArgumentParser:
     suite.add_argument("--envs", nargs="+", metavar="NAME", help="run only these envs (names)")
     suite.add_argument("--cores", nargs="+", metavar="CORE", help="run only these cores")
     suite.add_argument("--seeds", nargs="+", type=int, metavar="SEED", help="only these seeds")
-    suite.set_defaults(run=_suite)
+    suite.set_defaults(
+        run=_suite, on_interrupt="run the same command again to go on (finished runs are skipped)"
+    )
 
     report = commands.add_parser("report", help="rebuild a suite's report from finished runs")
     report.add_argument("out", type=Path, help="the suite's output dir")
-    report.set_defaults(run=_report)
+    report.set_defaults(run=_report, on_interrupt="run it again")
     return parser
 
 
@@ -148,17 +154,7 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         # Ctrl-C: checkpoints are written atomically, so the last one is whole; say how
         # to go on rather than print a traceback from wherever the run was
-        parser.exit(130, f"xlstm-rl {args.command}: interrupted; {_INTERRUPTED[args.command]}\n")
-
-
-_INTERRUPTED = {
-    "train": "resume from the run's last checkpoint (one is written every "
-    "checkpoint_every updates) with "
-    "xlstm-rl train --resume <log_dir>/<run>/checkpoint.pt",
-    "suite": "run the same command again to go on (finished runs are skipped)",
-    "evaluate": "nothing was written",
-    "report": "run it again",
-}
+        parser.exit(130, f"xlstm-rl {args.command}: interrupted; {args.on_interrupt}\n")
 
 
 if __name__ == "__main__":
