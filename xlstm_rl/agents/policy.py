@@ -218,14 +218,14 @@ class Policy(nn.Module):
         if config.prev_reward:
             in_size += 1
         self.project = nn.Sequential(nn.Linear(in_size, config.encoder_size), nn.ReLU())
-        self.core = build_core(core.name, config.encoder_size, core.hidden_size, **core.options)
+
+        def new_core():
+            return build_core(core.name, config.encoder_size, core.hidden_size, **core.options)
+
+        self.core = new_core()
         # policy.shared_core false: the critic reads a core of its own (same kind), and the
         # recurrent state is {"actor": ..., "critic": ...}
-        self.critic_core = (
-            None
-            if config.shared_core
-            else build_core(core.name, config.encoder_size, core.hidden_size, **core.options)
-        )
+        self.critic_core = None if config.shared_core else new_core()
         self.actor_trunk = _trunk(self.core.output_size, config.head_hidden, config.head_layers)
         self.critic_trunk = _trunk(self.core.output_size, config.head_hidden, config.head_layers)
         head_size = config.head_hidden if config.head_layers else self.core.output_size
