@@ -77,8 +77,16 @@ def test_damaged_checkpoints_give_clear_errors(tmp_path):
 
     garbage = tmp_path / "garbage.pt"
     garbage.write_bytes(b"not a checkpoint at all")
-    with pytest.raises(ckpt.CheckpointError, match="garbage.pt"):
+    with pytest.raises(ckpt.CheckpointError, match="garbage.pt") as error:
         ckpt.load_checkpoint(garbage)
+    # torch's own message advises weights_only=False (running the file's code): not ours
+    assert "weights_only` set to `False`" not in str(error.value)
+    assert "plain data" in str(error.value)
+
+    empty = tmp_path / "empty.pt"
+    empty.write_bytes(b"")
+    with pytest.raises(ckpt.CheckpointError, match="empty or cut short"):
+        ckpt.load_checkpoint(empty)
 
     other = tmp_path / "other.pt"
     torch.save({"weights": torch.zeros(2)}, other)
@@ -96,5 +104,7 @@ class Payload:
 def test_arbitrary_pickles_are_refused(tmp_path):
     path = tmp_path / "pickled.pt"
     torch.save({"format": ckpt.FORMAT, "version": ckpt.VERSION, "x": Payload()}, path)
-    with pytest.raises(ckpt.CheckpointError):
+    with pytest.raises(ckpt.CheckpointError, match="Payload") as error:
         ckpt.load_checkpoint(path)
+    assert "weights_only` set to `False`" not in str(error.value)
+    assert "add_safe_globals" not in str(error.value)

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import copy
 import os
+import pickle
 import random
 from pathlib import Path
 from typing import Any
@@ -59,7 +60,7 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     except Exception as e:  # torch raises many kinds (OSError, RuntimeError, UnpicklingError...)
         raise CheckpointError(
             f"{path} is not a readable checkpoint (truncated, corrupt, or not written by "
-            f"xlstm-rl): {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+            f"xlstm-rl): {_load_error_detail(e)}"
         ) from e
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise CheckpointError(f"{path} is not an xlstm-rl checkpoint")
@@ -68,6 +69,25 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
             f"{path} has checkpoint version {payload.get('version')}, this xlstm-rl reads {VERSION}"
         )
     return payload
+
+
+def _load_error_detail(e: Exception) -> str:
+    """The part of torch.load's error that says what is wrong with the file.
+
+    For a file its safe unpickler refuses, torch's message opens with advice to load
+    with ``weights_only=False``, which would run the file's code; xlstm-rl writes
+    plain data only, so that advice never applies to one of its checkpoints."""
+    text = str(e)
+    if isinstance(e, pickle.UnpicklingError) and "WeightsUnpickler error:" in text:
+        reason = text.split("WeightsUnpickler error:", 1)[1].strip().split("\n")[0]
+        reason = reason.split(". ")[0].strip().rstrip(".")  # not torch's allowlist advice
+        return (
+            f"not a file of plain data that torch.load(weights_only=True) reads ({reason}); "
+            "xlstm-rl checkpoints hold only tensors, numbers, strings, lists and dicts"
+        )
+    if isinstance(e, EOFError):
+        return "the file ends before its data does (empty or cut short)"
+    return f"{type(e).__name__}: {text.splitlines()[0] if text else ''}"
 
 
 def rng_states() -> dict[str, Any]:
