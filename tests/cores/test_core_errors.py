@@ -27,6 +27,19 @@ def test_wrong_rank_and_width(name):
 
 
 @pytest.mark.parametrize("name", NAMES)
+def test_dtype_mismatch_names_both(name):
+    core = make(name)  # float32 parameters
+    state = core.initial_state(3)
+    with pytest.raises(TypeError, match="x is torch.float64 but the core's parameters are"):
+        core(torch.randn(3, 4, 5, dtype=torch.float64), state)
+    with pytest.raises(TypeError, match="torch.float64 but"):
+        core.step(torch.randn(3, 5, dtype=torch.float64), state)
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # autocast casts inside the layers
+        y, _ = core(torch.randn(3, 4, 5, dtype=torch.bfloat16), state)
+    assert y.shape == (3, 4, core.output_size)
+
+
+@pytest.mark.parametrize("name", NAMES)
 def test_batch_mismatch(name):
     core = make(name)
     with pytest.raises(ValueError, match="batch size B=3"):

@@ -83,6 +83,14 @@ class MemoryCore(nn.Module):
                 f"{self.input_size}, got {tuple(x.shape)}"
                 + ("; use step() for a single time step" if seq and x.dim() == 2 else "")
             )
+        p = next(self.parameters(), None)
+        # under autocast torch casts inside the layers; otherwise a mismatch fails deep in
+        # a matmul with no word about the core
+        if p is not None and x.dtype != p.dtype and not torch.is_autocast_enabled(x.device.type):
+            raise TypeError(
+                f"{type(self).__name__}: x is {x.dtype} but the core's parameters are "
+                f"{p.dtype}; cast one to the other (x.to({p.dtype}) or core.to({x.dtype}))"
+            )
 
     def _check_state(self, state: TensorDict, B: int) -> None:
         # The common case in one walk over the state (acting checks it every env step);
