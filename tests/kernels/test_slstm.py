@@ -110,12 +110,25 @@ def test_reset_equals_separate_episodes_per_row():
 
 
 def test_empty_state_is_decided_per_row():
-    """An initial state that is empty (all zeros) in one row only: each row runs as if alone."""
+    """An initial state that is empty (all zeros) in one row only: each row runs as if
+    alone, and the stabiliser after the first step follows the spec's rule row by row:
+    m_1 = i~ in the empty row, max(log f + m_0, i~) in the others. (The rule changes m
+    only, not h: with ordinary gates, deciding for the whole batch or never gives the same
+    outputs, so m is checked directly.)"""
     T = 12
     g, R = random_slstm_inputs(B, T, H, DH, seed=4)
+    g[:, 0, :, 0] -= 4.0  # i~ mostly below log f + m_0, where the two rules differ
     state = tuple(s.clone() for s in random_slstm_state(B, H, DH, seed=4))
     for s in state:
         s[1] = 0.0
+    _, (_, _, m1, _) = run(g[:, :1], R, state=state)
+    c0, n0, m0, h0 = state
+    pre = g[:, 0] + torch.einsum("bhd,hdge->bhge", h0, R)  # (B, H, 4, Dh), gates i, f, z, o
+    i_pre, f_pre = pre[:, :, 0], pre[:, :, 1]
+    expected = torch.maximum(torch.nn.functional.logsigmoid(f_pre) + m0, i_pre)
+    expected[1] = i_pre[1]  # the empty row
+    assert (expected[1] != torch.maximum(torch.nn.functional.logsigmoid(f_pre[1]), i_pre[1])).any()
+    assert_close(m1, expected, TOL["h"], "m after the first step")
     h, _ = run(g, R, state=state)
     for b in range(B):
         h_alone, _ = run(row(g, b), R, state=None if b == 1 else row(state, b))
