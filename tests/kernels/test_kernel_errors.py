@@ -14,6 +14,10 @@ from xlstm_rl.kernels import (
     slstm_sequence,
     slstm_step,
 )
+from xlstm_rl.kernels.mlstm.chunkwise import mlstm_sequence_chunkwise
+from xlstm_rl.kernels.mlstm.reference import mlstm_step_reference
+from xlstm_rl.kernels.registry import resolve
+from xlstm_rl.kernels.slstm.reference import slstm_sequence_reference, slstm_step_reference
 
 from .helpers import random_inputs, random_slstm_inputs, random_state
 
@@ -48,11 +52,21 @@ def test_unknown_backend_lists_the_valid_names(op):
         OP_CALLS[op]("no_such_backend")
     for name in backends(op):
         assert repr(name) in str(info.value) or name in str(info.value)
-    assert "auto" in backends(op) and "reference" in backends(op)
+    assert "reference" in backends(op)
+
+
+# what "auto" must pick for CPU tensors: the chunkwise form trains, the loops step
+CPU_DEFAULTS = {
+    "mlstm_sequence": mlstm_sequence_chunkwise,
+    "mlstm_step": mlstm_step_reference,
+    "slstm_sequence": slstm_sequence_reference,
+    "slstm_step": slstm_step_reference,
+}
 
 
 @pytest.mark.parametrize("op", list(OP_CALLS))
 def test_auto_runs_on_cpu(op):
+    assert resolve(op, "auto", torch.zeros(1)) is CPU_DEFAULTS[op]
     OP_CALLS[op]("auto")
 
 
