@@ -2,8 +2,9 @@
 (chunkwise forward and backward for training, the fused step for acting) with no change
 to the caller's code, and give what the torch forms give on the CPU.
 
-Skipped without CUDA (the kernels themselves are tested on the CPU under Triton's
-interpreter in tests/kernels); run on a GPU machine with `python -m pytest tests/cores`.
+Skipped without CUDA: on the CPU the kernels are tested under Triton's interpreter in
+tests/kernels, and the cores' wiring into them in tests/cores/test_cores_triton.py
+(backend "triton" named explicitly). Run on a GPU machine with `python -m pytest tests/cores`.
 """
 
 import pytest

@@ -1,0 +1,76 @@
+"""Cores wired to the Triton kernels (backend "triton" named explicitly), on the CPU
+under Triton's interpreter: the same core, float32 through the kernels, against the
+torch forms in float64, forward with resets, every parameter's gradient, and T steps
+of the fused step kernel against one pass. Checks the cores' wiring into the kernels
+(layouts, state packing, the step path); the kernels' maths is tested in tests/kernels.
+
+Runs where the interpreter is on (tests/conftest.py turns it on without a GPU); on a
+GPU, tests/cores/test_cores_cuda.py covers the same with compiled kernels.
+"""
+
+import os
+
+import pytest
+import torch
+
+pytest.importorskip("triton")
+
+from tests.cores.test_cores import B, T, assert_states_close, inputs, make  # noqa: E402
+from tests.cores.test_cores_cuda import _spy_triton  # noqa: E402
+
+pytestmark = pytest.mark.skipif(
+    os.environ.get("TRITON_INTERPRET") != "1", reason="CPU interpreter runs; GPU: test_cores_cuda"
+)
+
+TRITON = {
+    "mlstm": {"backend": "triton", "step_backend": "triton"},
+    "slstm": {"backend": "triton"},
+}
+OPTIONS = {
+    "mlstm": TRITON["mlstm"],
+    "slstm": TRITON["slstm"],
+    "xlstm": {"mlstm": TRITON["mlstm"], "slstm": TRITON["slstm"]},
+}
+
+CELLS = {"mlstm": ["mlstm"], "slstm": ["slstm"], "xlstm": ["mlstm", "slstm"]}  # default stacks
+
+
+@pytest.mark.parametrize("name", sorted(OPTIONS))
+def test_triton_core_matches_float64(name, monkeypatch):
+    calls = _spy_triton(monkeypatch)
+    ref = make(name, torch.float64)
+    core = make(name, torch.float32, **OPTIONS[name])
+    x, resets = inputs(torch.float64)
+    y_ref, s_ref = ref(x, ref.initial_state(B), resets)
+    y, s = core(x.float(), core.initial_state(B), resets)
+    for op in CELLS[name]:
+        assert calls.get(f"{op}_sequence", 0) > 0, f"the Triton {op} did not run: {calls}"
+    torch.testing.assert_close(y.double(), y_ref, rtol=1e-4, atol=1e-4)
+    assert_states_close(s.double(), s_ref, rtol=1e-4, atol=1e-4)
+
+    dy = torch.randn(y_ref.shape, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+    y_ref.backward(dy)
+    y.backward(dy.float())
+    for (pname, p_ref), (_, p) in zip(ref.named_parameters(), core.named_parameters()):
+        assert p.grad is not None, f"no gradient reached {pname}"
+        scale = p_ref.grad.abs().max().clamp_min(1e-6)
+        err = (p.grad.double() - p_ref.grad).abs().max() / scale
+        assert err < 1e-3, f"{pname}: gradient relative error {err:.3g}"
+
+
+@pytest.mark.parametrize("name", sorted(OPTIONS))
+def test_triton_steps_equal_sequence(name, monkeypatch):
+    calls = _spy_triton(monkeypatch)
+    core = make(name, torch.float32, **OPTIONS[name])
+    x, resets = inputs(torch.float32)
+    state0 = core.initial_state(B)
+    with torch.no_grad():
+        y, state = core(x, state0, resets)
+        ys, s = [], state0
+        for t in range(T):
+            y_t, s = core.step(x[:, t], s, resets[:, t])
+            ys.append(y_t)
+    for op in CELLS[name]:
+        assert calls.get(f"{op}_step", 0) >= T, f"the Triton {op} step did not run: {calls}"
+    torch.testing.assert_close(torch.stack(ys, 1), y, rtol=1e-4, atol=1e-4)
+    assert_states_close(s, state, rtol=1e-4, atol=1e-4)
