@@ -60,7 +60,9 @@ CASES = [
     (20, 32, 16, 8, "random", True),
     (40, 16, 16, 16, "boundaries", True),
     (33, 24, 40, 16, "random", False),
-    (20, 80, 130, 16, None, True),
+    (20, 48, 72, 16, None, True),  # several tiles, partial ones, in both head dims
+    (63, 16, 16, 16, "random", True),  # the spec's T = 63 and 200, with resets
+    (200, 16, 16, 16, "random", False),
 ]
 IDS = [f"T{c[0]}-Dk{c[1]}-Dv{c[2]}-L{c[3]}-{c[4]}-{'state' if c[5] else 'empty'}" for c in CASES]
 
@@ -238,6 +240,26 @@ def test_long_run_stays_finite():
     assert torch.isfinite(h).all() and all(torch.isfinite(s).all() for s in S)
     for a, b in zip(true_units(S), true_units(S_ref)):
         assert_close(a, b, FP32["state"], "state after 20,000 steps")
+
+
+def test_step_long_run_stays_finite():
+    """Spec check 6 for the fused step: i~ up to +-30 and f~ near +10, one step at a time
+    with resets, against the reference step in float64 (states in true units). 300
+    steps under the interpreter (about 30 ms a step); 20,000 on a GPU."""
+    T = 20_000 if DEVICE == "cuda" else 300
+    inputs = random_inputs(2, 1, T, 16, 16, i_range=(-30.0, 30.0), f_range=(8.0, 12.0))
+    resets = torch.zeros(2, T, dtype=torch.bool, device=DEVICE)
+    resets[1, [T // 3, T // 3 + 1]] = True
+    steps = (x.unbind(2) for x in to(inputs))
+    steps_ref = (x.unbind(2) for x in to(inputs, torch.float64))
+    S = S_ref = None
+    for t, (x, x_ref) in enumerate(zip(zip(*steps), zip(*steps_ref))):
+        h, S = mlstm_step_triton(*x, S, reset=resets[:, t])
+        _, S_ref = mlstm_step_reference(*x_ref, S_ref, reset=resets[:, t])
+        assert torch.isfinite(h).all(), f"h not finite at step {t}"
+    assert all(torch.isfinite(s).all() for s in S)
+    for a, b in zip(true_units(S), true_units(S_ref)):
+        assert_close(a, b, FP32["state"], f"state after {T:,} steps")
 
 
 # (Dk, Dv, initial state, reset rows)

@@ -39,6 +39,8 @@ CASES = [
     (3, 20, 2, 16, True, True),
     (2, 1, 1, 16, True, True),
     (18, 9, 2, 24, True, True),
+    (2, 63, 1, 16, True, False),  # the spec's T = 63 and 200, with resets
+    (2, 200, 1, 16, True, True),
 ]
 IDS = [f"B{c[0]}-T{c[1]}-H{c[2]}-Dh{c[3]}-{'resets' if c[4] else 'none'}-"
        f"{'state' if c[5] else 'empty'}" for c in CASES]  # fmt: skip
@@ -145,6 +147,47 @@ def test_sequence_equals_steps_and_halves():
                              slstm_true_units(S)):  # fmt: skip
         assert_close(a, c, FP32["state"], f"{name}, steps")
         assert_close(b, c, FP32["state"], f"{name}, two halves")
+
+
+def test_reset_equals_separate_episodes():
+    """Spec check 4: each row's episodes, run alone from the empty state, give the same h
+    and final state as the batch with resets (consecutive resets and one at t = 0)."""
+    B, T = 3, 24
+    g, R, _, state = case_inputs(B, T, 2, 16, False, True)
+    resets = torch.zeros(B, T, dtype=torch.bool)
+    resets[0, 0] = True
+    resets[1, [9, 10, 23]] = True
+    g, R, r = *to((g, R)), resets.to(DEVICE)
+    hs, S = slstm_sequence_triton(g, R, resets=r, state=to(state))
+    for b in range(B):
+        cuts = sorted({0, T, *resets[b].nonzero().flatten().tolist()})
+        row_state = None if resets[b, 0] else [s[b : b + 1] for s in to(state)]
+        for start, stop in zip(cuts, cuts[1:]):
+            h_ep, row_state = slstm_sequence_triton(g[b : b + 1, start:stop], R, state=row_state)
+            assert_close(hs[b : b + 1, start:stop], h_ep, FP32["h"], f"row {b} h[{start}:{stop}]")
+            final, row_state = row_state, None
+        for name, x, y in zip("cnh", slstm_true_units([s[b : b + 1] for s in S]),
+                              slstm_true_units(final)):  # fmt: skip
+            assert_close(x, y, FP32["state"], f"row {b} final {name}")
+
+
+def test_large_gates_stay_finite():
+    """Spec check 6: i~ up to +-30 and f~ near +10 with recurrent mixing and resets, against
+    the reference loop in float64. 300 steps under the interpreter; 20,000 on a GPU."""
+    T = 20_000 if DEVICE == "cuda" else 300
+    g, R = random_slstm_inputs(2, T, 1, 16, seed=6, gate_scale=1.0, r_scale=2.0)
+    gen = torch.Generator().manual_seed(6)
+    g[:, :, :, 0] = 60 * torch.rand(2, T, 1, 16, generator=gen) - 30
+    g[:, :, :, 1] += 8.0
+    resets = torch.zeros(2, T, dtype=torch.bool)
+    resets[1, [T // 3, T // 3 + 1]] = True
+    r = resets.to(DEVICE)
+    hs, S = slstm_sequence_triton(*to((g, R)), resets=r)
+    hs_ref, S_ref = slstm_sequence_reference(*to((g, R), torch.float64), resets=r)
+    assert torch.isfinite(hs).all() and all(torch.isfinite(s).all() for s in S)
+    assert_close(hs, hs_ref, FP32["h"], "h")
+    for name, a, b in zip(("c", "n", "h"), slstm_true_units(S), slstm_true_units(S_ref)):
+        assert_close(a, b, FP32["state"], f"{name} after {T:,} steps")
 
 
 def test_signatures_match_the_reference():
