@@ -137,6 +137,36 @@ def test_empty_state_is_decided_per_row():
     assert_close(h, h_ref, TOL["h"], "h vs true loop")
 
 
+@pytest.mark.parametrize("backend", ["reference", "triton"])
+def test_very_negative_input_gate_at_an_empty_state(backend):
+    """From the empty state the first step's h is sigmoid(o~) tanh(z~) whatever i~ is: an
+    i~ of -120 (so f' = exp(log f - i~) would overflow float32) stays finite, as does the
+    gradient of every input; rows with a state are untouched by the cap."""
+    if backend == "triton":
+        pytest.importorskip("triton")
+    T = 5
+    g, R = random_slstm_inputs(B, T, H, DH, seed=8)
+    g[:, 0, :, 0] = -120.0  # i~ at t = 0, every row
+    g[:, 3, :, 0] = -120.0  # and after row 2's reset at t = 3
+    resets = torch.zeros(B, T, dtype=torch.bool)
+    resets[2, 3] = True
+    state = tuple(s.clone() for s in random_slstm_state(B, H, DH, seed=8))
+    for s in state:
+        s[0] = 0.0  # row 0 starts empty; rows 1, 2 carry a state
+    g.requires_grad_()
+    h, _ = slstm_sequence(g, R, resets=resets, state=state, backend=backend)
+    first = torch.sigmoid(g[0, 0, :, 3]) * torch.tanh(g[0, 0, :, 2])
+    assert_close(h[0, 0], first, TOL["h"], "row 0, t = 0")
+    after_reset = h[2, 3]  # empty state again: the recurrent input h_prev is zero
+    pre = g[2, 3]
+    assert_close(after_reset, torch.sigmoid(pre[:, 3]) * torch.tanh(pre[:, 2]), TOL["h"], "reset")
+    assert torch.isfinite(h).all()
+    h.sum().backward()
+    assert torch.isfinite(g.grad).all()
+    h_ref, _ = slstm_true_loop(g.detach().double(), R.double(), resets=resets, state=state)
+    assert_close(h, h_ref, TOL["h"], "h vs true loop")
+
+
 GRAD_NAMES = ("g", "R", "c0", "n0", "h0")
 
 

@@ -16,6 +16,9 @@ import torch.nn.functional as F
 SState = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]
 
 
+F_EXP_CAP = 80.0  # e^80 ~ 5.5e34, below float32's largest number (~3.4e38)
+
+
 def slstm_empty_state(B: int, H: int, Dh: int, device, dtype=torch.float32) -> SState:
     return tuple(torch.zeros(B, H, Dh, device=device, dtype=dtype) for _ in range(4))
 
@@ -46,7 +49,9 @@ def slstm_step_reference(
     empty = n == 0
     m_new = torch.where(empty, i_pre, torch.maximum(log_f + m, i_pre)).detach()
     i_s = torch.exp(i_pre - m_new)
-    f_s = torch.exp(log_f + m - m_new)
+    # the exponent is <= 0 except in an empty row (m_new = i~), where f' multiplies
+    # c = n = 0: capped there, an i~ below -88 cannot overflow f' to inf and 0 * inf to NaN
+    f_s = torch.exp((log_f + m - m_new).clamp(max=F_EXP_CAP))
     c = f_s * c + i_s * torch.tanh(z_pre)
     n = f_s * n + i_s
     h = torch.sigmoid(o_pre) * c / n

@@ -64,7 +64,8 @@ def _cell(i, f, c_p, n_p, m_p):
     """Stabiliser and gate weights of one step: m_t, i' = e^(i~ - m_t), f', log f."""
     log_f = logsigmoid(f)
     m = tl.where(n_p == 0.0, i, tl.maximum(log_f + m_p, i))
-    return m, tl.exp(i - m), tl.exp(log_f + m_p - m)
+    # capped as in the reference (F_EXP_CAP): only an empty row's exponent can be positive
+    return m, tl.exp(i - m), tl.exp(tl.minimum(log_f + m_p - m, 80.0))
 
 
 @triton.jit
