@@ -1,7 +1,8 @@
 """The random-policy floor of every environment of a suite.
 
-Uniformly random actions on the held-out evaluation seeds (the same seeds as the
-final evaluation of every run), the same success rule as ``xlstm-rl evaluate``.
+Uniformly random actions on held-out seeds 1,000,000 onward (a run with seed s
+evaluates on seeds from 1,000,000 + s, so they overlap), the same success rule as
+``xlstm-rl evaluate``.
 Suite reports compute the same numbers for envs with finished runs; this prints
 them for a whole suite without running it.
 

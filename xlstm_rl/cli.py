@@ -1,4 +1,4 @@
-"""The ``xlstm-rl`` command: ``train`` and ``evaluate``.
+"""The ``xlstm-rl`` command: ``train``, ``evaluate``, ``suite`` and ``report``.
 
     xlstm-rl train [--config configs/default.yaml] [--resume CHECKPOINT] [--key value ...]
     xlstm-rl evaluate CHECKPOINT [--episodes N] [--seed S] [--stochastic] [--json PATH]
