@@ -52,6 +52,18 @@ def assert_states_close(a, b, **tol):
         torch.testing.assert_close(ca[key], cb[key], **tol, msg=f"state {key}")
 
 
+def assert_steps_equal_pass(core, x, resets, state0, **tol):
+    """T calls of step equal one forward over T (outputs and states), resets included."""
+    y, state = core(x, state0, resets)
+    assert y.shape == (x.shape[0], x.shape[1], core.output_size)
+    ys, s = [], state0
+    for t in range(x.shape[1]):
+        y_t, s = core.step(x[:, t], s, resets[:, t])
+        ys.append(y_t)
+    torch.testing.assert_close(torch.stack(ys, 1), y, **tol)
+    assert_states_close(s, state, **tol)
+
+
 def inputs(dtype=torch.float64, reset_rate=0.15):
     g = torch.Generator().manual_seed(1)
     x = torch.randn(B, T, IN, generator=g, dtype=dtype)
@@ -64,15 +76,7 @@ def inputs(dtype=torch.float64, reset_rate=0.15):
 def test_sequence_equals_steps(name):
     core = make(name)
     x, resets = inputs()
-    state0 = core.initial_state(B)
-    y, state = core(x, state0, resets)
-    assert y.shape == (B, T, core.output_size)
-    ys, s = [], state0
-    for t in range(T):
-        y_t, s = core.step(x[:, t], s, resets[:, t])
-        ys.append(y_t)
-    torch.testing.assert_close(y, torch.stack(ys, 1), rtol=1e-9, atol=1e-9)
-    assert_states_close(state, s, rtol=1e-9, atol=1e-9)
+    assert_steps_equal_pass(core, x, resets, core.initial_state(B), rtol=1e-9, atol=1e-9)
 
 
 @pytest.mark.parametrize("name", NAMES)

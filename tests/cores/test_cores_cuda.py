@@ -10,7 +10,14 @@ tests/kernels, and the cores' wiring into them in tests/cores/test_cores_triton.
 import pytest
 import torch
 
-from tests.cores.test_cores import B, T, assert_states_close, inputs, make
+from tests.cores.test_cores import (
+    B,
+    T,
+    assert_states_close,
+    assert_steps_equal_pass,
+    inputs,
+    make,
+)
 from xlstm_rl.kernels import registry
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
@@ -67,17 +74,11 @@ def test_cuda_steps_equal_sequence(name, monkeypatch):
     calls = _spy_triton(monkeypatch)
     core = make(name, torch.float32).cuda()
     x, resets = (t.cuda() for t in inputs(torch.float32))
-    state0 = core.initial_state(B, device="cuda")
     with torch.no_grad():
-        y, state = core(x, state0, resets)
-        ys, s = [], state0
-        for t in range(T):
-            y_t, s = core.step(x[:, t], s, resets[:, t])
-            ys.append(y_t)
+        state0 = core.initial_state(B, device="cuda")
+        assert_steps_equal_pass(core, x, resets, state0, rtol=1e-4, atol=1e-4)
     step_op = "slstm_step" if name == "slstm" else "mlstm_step"
     assert calls.get(step_op, 0) >= T, f"auto did not pick the Triton {step_op} on CUDA"
-    torch.testing.assert_close(torch.stack(ys, 1), y, rtol=1e-4, atol=1e-4)
-    assert_states_close(s, state, rtol=1e-4, atol=1e-4)
 
 
 def test_cuda_bfloat16_core_trains():

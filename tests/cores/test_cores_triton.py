@@ -15,7 +15,14 @@ import torch
 
 pytest.importorskip("triton")
 
-from tests.cores.test_cores import B, T, assert_states_close, inputs, make  # noqa: E402
+from tests.cores.test_cores import (  # noqa: E402
+    B,
+    T,
+    assert_states_close,
+    assert_steps_equal_pass,
+    inputs,
+    make,
+)
 from tests.cores.test_cores_cuda import _spy_triton  # noqa: E402
 
 pytestmark = pytest.mark.skipif(
@@ -63,14 +70,7 @@ def test_triton_steps_equal_sequence(name, monkeypatch):
     calls = _spy_triton(monkeypatch)
     core = make(name, torch.float32, **OPTIONS[name])
     x, resets = inputs(torch.float32)
-    state0 = core.initial_state(B)
     with torch.no_grad():
-        y, state = core(x, state0, resets)
-        ys, s = [], state0
-        for t in range(T):
-            y_t, s = core.step(x[:, t], s, resets[:, t])
-            ys.append(y_t)
+        assert_steps_equal_pass(core, x, resets, core.initial_state(B), rtol=1e-4, atol=1e-4)
     for op in CELLS[name]:
         assert calls.get(f"{op}_step", 0) >= T, f"the Triton {op} step did not run: {calls}"
-    torch.testing.assert_close(torch.stack(ys, 1), y, rtol=1e-4, atol=1e-4)
-    assert_states_close(s, state, rtol=1e-4, atol=1e-4)
