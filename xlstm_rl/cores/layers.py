@@ -74,6 +74,22 @@ class HeadNorm(nn.Module):
     def forward(self, h: torch.Tensor) -> torch.Tensor:  # (..., H, Dh)
         return F.layer_norm(h, (self.head_dim,), eps=self.eps) * self.weight
 
+    def project(self, h: torch.Tensor, out: nn.Linear, gate: torch.Tensor | None = None):
+        """``out((self(h) * gate).flatten(-2))``, gate (..., H, Dh) optional.
+
+        With more rows than ``out`` has outputs (a training pass), the scale is folded into
+        out's weight (``out.weight * scale``, a small matrix) instead of multiplying every
+        row by it: the same function and gradients, one pass over h fewer forward and
+        two backward (memory-bound passes dominate the block on a CPU)."""
+        rows = h.numel() // (self.num_heads * self.head_dim)
+        if rows <= out.out_features:
+            y = self(h) if gate is None else self(h) * gate
+            return out(y.flatten(-2))
+        y = F.layer_norm(h, (self.head_dim,), eps=self.eps)
+        if gate is not None:
+            y = y * gate
+        return F.linear(y.flatten(-2), out.weight * self.weight.flatten(), out.bias)
+
 
 class CausalConv(nn.Module):
     """Depthwise causal convolution over time that never looks across an episode start.
@@ -166,7 +182,7 @@ class _CausalConvSequence(torch.autograd.Function):
         K, T = weight.shape[0], x.shape[1]
         dx = dy * weight[K - 1]
         dweight = torch.empty_like(weight)
-        dweight[K - 1] = (dy * x).sum((0, 1))
+        dweight[K - 1] = _dot_bt(dy, x)
         dbuffer = torch.zeros_like(buffer) if ctx.needs_input_grad[1] else None
         for lag, cross in zip(range(1, K), ctx.crossings):
             tap = K - 1 - lag
@@ -174,7 +190,7 @@ class _CausalConvSequence(torch.autograd.Function):
             if lag < T:
                 dy_lag = dy[:, lag:]
                 dx[:, : T - lag].addcmul_(dy_lag, weight[tap])
-                dw += (dy_lag * x[:, : T - lag]).sum((0, 1))
+                dw += _dot_bt(dy_lag, x[:, : T - lag])
                 if cross is not None:
                     rows, steps = cross
                     dy_cross = dy_lag[rows, steps]
@@ -190,6 +206,12 @@ class _CausalConvSequence(torch.autograd.Function):
                 dbuffer[:, K - 1 - lag : K - 1 - lag + held] += d_held
             dweight[tap] = dw
         return dx, dbuffer, dweight, dy.sum((0, 1)), None
+
+
+def _dot_bt(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """sum over (B, T) of a * b, per channel: (B, T, d) x 2 -> (d,). vecdot reduces without
+    writing the product out first (about 2x faster than (a * b).sum((0, 1)) here)."""
+    return torch.linalg.vecdot(a, b, dim=1).sum(0)
 
 
 def _causal_conv_dense(x, buffer, weight, bias, episode):

@@ -136,11 +136,11 @@ class MLSTMBlock(nn.Module):
     def _finish(self, x: torch.Tensor, h: torch.Tensor, o: torch.Tensor, skip=None):
         """Per-head norm (plus the conv skip), output gate, projection, residual, then the
         feed-forward."""
-        h = self.head_norm(h)
-        if skip is not None:
-            h = h + self.skip * skip
-        gated = h * torch.sigmoid(o)
-        x = x + self.out(gated.flatten(-2))
+        if skip is None:
+            x = x + self.head_norm.project(h, self.out, torch.sigmoid(o))
+        else:
+            gated = (self.head_norm(h) + self.skip * skip) * torch.sigmoid(o)
+            x = x + self.out(gated.flatten(-2))
         return x + self.ffn(self.ffn_norm(x))
 
     def forward(self, x: torch.Tensor, state: TensorDict, resets: torch.Tensor | None):

@@ -79,7 +79,7 @@ class SLSTMBlock(nn.Module):
         return soft_cap(self.w(self.norm(x)), c.gate_cap).unflatten(-1, (c.num_heads, 4, c.dh))
 
     def _finish(self, x: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
-        x = x + self.out(self.head_norm(h).flatten(-2))
+        x = x + self.head_norm.project(h, self.out)
         return x + self.ffn(self.ffn_norm(x))
 
     @staticmethod

@@ -156,7 +156,8 @@ class _Chunkwise(torch.autograd.Function):
         num, den = out[..., :Dv], out[..., Dv]
         d_out = torch.empty_like(out)
         torch.mul(dh, scale[..., None], out=d_out[..., :Dv])
-        d_den = (dh * num).sum(-1).mul_(scale.square()).neg_()
+        # vecdot: the sums of products without writing the products out first
+        d_den = torch.linalg.vecdot(dh, num).mul_(scale.square()).neg_()
         d_out[..., Dv] = d_den.mul_(den.sign()).masked_fill_(den.abs() <= floor, 0.0)
 
         # out = mixed @ values
@@ -188,8 +189,8 @@ class _Chunkwise(torch.autograd.Function):
         # d i[s] = k[s] . dk[s]; a pair (t, s) decays over (s, t], so d log_f[r] sums
         # q . dq - k . dk over t >= r in the chunk, plus what crosses the chunk end: the rest
         # of the episode in later chunks and, at the end, the final state
-        di = (k * dk).sum(-1)  # (B, H, NC, L)
-        net = (q * dq).sum(-1).sub_(di)
+        di = torch.linalg.vecdot(k, dk)  # (B, H, NC, L)
+        net = torch.linalg.vecdot(q, dq).sub_(di)
         crossing = torch.empty_like(keep)  # (B, H, NC)
         crossing[..., -1] = d_final
         # later chunks carry the episode only up to their first reset
