@@ -24,10 +24,11 @@ import torch
 import triton
 import triton.language as tl
 
-from xlstm_rl.kernels.slstm.reference import SState
+from xlstm_rl.kernels.slstm.reference import F_EXP_CAP, SState
 from xlstm_rl.kernels.triton_backends import empty, logsigmoid, rounded
 
 _BB = 16  # batch rows per program (tl.dot needs at least 16)
+_F_EXP_CAP = tl.constexpr(F_EXP_CAP)  # the reference's cap on the exponent of f'
 
 
 @triton.jit
@@ -64,8 +65,8 @@ def _cell(i, f, c_p, n_p, m_p):
     """Stabiliser and gate weights of one step: m_t, i' = e^(i~ - m_t), f', log f."""
     log_f = logsigmoid(f)
     m = tl.where(n_p == 0.0, i, tl.maximum(log_f + m_p, i))
-    # capped as in the reference (F_EXP_CAP): only an empty row's exponent can be positive
-    return m, tl.exp(i - m), tl.exp(tl.minimum(log_f + m_p - m, 80.0))
+    # capped as in the reference: only an empty row's exponent can be positive
+    return m, tl.exp(i - m), tl.exp(tl.minimum(log_f + m_p - m, _F_EXP_CAP))
 
 
 @triton.jit
