@@ -31,7 +31,7 @@ import torch
 from torch import nn
 
 from xlstm_rl.cores import build_core
-from xlstm_rl.kernels import mlstm_sequence
+from xlstm_rl.kernels import mlstm_sequence, slstm_sequence
 
 B, T, HIDDEN, B_STEP, RESET_RATE = 64, 128, 128, 16, 0.02
 
@@ -196,6 +196,16 @@ def main() -> None:
         f"reference loop {cell_ms['reference']:.1f} ms, "
         f"ratio {cell_ms['reference'] / cell_ms['chunkwise']:.1f}x"
     )
+    # the sLSTM cell alone: its CPU training path is the reference loop over T
+    g = torch.randn(B, T, H, 4, HIDDEN // H, requires_grad=True)
+    R = (0.1 * torch.randn(H, HIDDEN // H, 4, HIDDEN // H)).requires_grad_()
+
+    def slstm_cell_pass():
+        h, _ = slstm_sequence(g, R, resets=resets)
+        h.square().mean().backward()
+
+    slstm_ms = timeit(slstm_cell_pass, max(3, args.repeats // 2))
+    print(f"sLSTM cell alone (kernel layer, fwd+bwd, the step loop): {slstm_ms:.1f} ms")
 
     mlstm = build_core("mlstm", HIDDEN, HIDDEN)
     early = timeit(step_fn(mlstm, x_step, 10), args.repeats * 10)
