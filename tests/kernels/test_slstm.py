@@ -154,7 +154,11 @@ def test_very_negative_input_gate_at_an_empty_state(backend):
     for s in state:
         s[0] = 0.0  # row 0 starts empty; rows 1, 2 carry a state
     g.requires_grad_()
-    h, _ = slstm_sequence(g, R, resets=resets, state=state, backend=backend)
+    # Triton: on the GPU where there is one, else on the CPU under the interpreter
+    device = "cuda" if backend == "triton" and torch.cuda.is_available() else "cpu"
+    h, _ = slstm_sequence(g.to(device), R.to(device), resets=resets.to(device),
+                          state=tuple(s.to(device) for s in state), backend=backend)  # fmt: skip
+    h = h.cpu()
     first = torch.sigmoid(g[0, 0, :, 3]) * torch.tanh(g[0, 0, :, 2])
     assert_close(h[0, 0], first, TOL["h"], "row 0, t = 0")
     after_reset = h[2, 3]  # empty state again: the recurrent input h_prev is zero
