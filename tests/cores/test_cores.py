@@ -64,6 +64,25 @@ def assert_steps_equal_pass(core, x, resets, state0, **tol):
     assert_states_close(s, state, **tol)
 
 
+def assert_matches_float64(name, core, device="cpu"):
+    """``core`` (float32, on ``device``) against the same core built in float64 on the CPU:
+    outputs with resets, final states and every parameter's gradient."""
+    ref = make(name, torch.float64)  # the default backends: the torch forms on the CPU
+    x, resets = inputs(torch.float64)
+    y_ref, s_ref = ref(x, ref.initial_state(B), resets)
+    y, s = core(x.float().to(device), core.initial_state(B, device=device), resets.to(device))
+    torch.testing.assert_close(y.double().cpu(), y_ref, rtol=1e-4, atol=1e-4)
+    assert_states_close(s.double().cpu(), s_ref, rtol=1e-4, atol=1e-4)
+    dy = torch.randn(y_ref.shape, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+    y_ref.backward(dy)
+    y.backward(dy.float().to(device))
+    for (pname, p_ref), (_, p) in zip(ref.named_parameters(), core.named_parameters()):
+        assert p.grad is not None, f"no gradient reached {pname}"
+        scale = p_ref.grad.abs().max().clamp_min(1e-6)
+        err = (p.grad.double().cpu() - p_ref.grad).abs().max() / scale
+        assert err < 1e-3, f"{pname}: gradient relative error {err:.3g}"
+
+
 def inputs(dtype=torch.float64, reset_rate=0.15):
     g = torch.Generator().manual_seed(1)
     x = torch.randn(B, T, IN, generator=g, dtype=dtype)
