@@ -40,6 +40,32 @@ def test_dtype_mismatch_names_both(name):
 
 
 @pytest.mark.parametrize("name", NAMES)
+def test_device_mismatch_names_both(name):
+    # the meta device stands in for a GPU: every machine has it
+    core = make(name)
+    state = core.initial_state(3)
+    with pytest.raises(ValueError, match="x is on meta but the core's parameters are on cpu"):
+        core(torch.randn(3, 4, 5, device="meta"), state)
+    with pytest.raises(ValueError, match="x is on meta but"):
+        core.step(torch.randn(3, 5, device="meta"), state)
+    if state.is_empty():  # the memoryless core: no state to be on the wrong device
+        return
+    with pytest.raises(ValueError, match=r"is on meta but x is on cpu.*state.to\('cpu'\)"):
+        core(torch.randn(3, 4, 5), state.to("meta"))
+    with pytest.raises(ValueError, match="is on meta but x is on cpu"):
+        core.step(torch.randn(3, 5), state.to("meta"))
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_initial_state_checks_the_batch_size(name):
+    core = make(name)
+    assert core.initial_state(0).batch_size == (0,)
+    for bad in (-1, "16", 2.0, True):
+        with pytest.raises(ValueError, match="batch_size must be an int >= 0"):
+            core.initial_state(bad)
+
+
+@pytest.mark.parametrize("name", NAMES)
 def test_batch_mismatch(name):
     core = make(name)
     with pytest.raises(ValueError, match="batch size B=3"):

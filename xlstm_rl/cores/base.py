@@ -9,6 +9,8 @@ returned, never kept on the module.
 
 from __future__ import annotations
 
+import operator
+
 import torch
 from tensordict import TensorDict
 from torch import nn
@@ -43,6 +45,12 @@ class MemoryCore(nn.Module):
 
     def initial_state(self, batch_size: int, device=None) -> TensorDict:
         """The empty state (all zeros) for `batch_size` rows."""
+        try:
+            ok = not isinstance(batch_size, bool) and operator.index(batch_size) >= 0
+        except TypeError:
+            ok = False
+        if not ok:
+            raise ValueError(f"batch_size must be an int >= 0, got {batch_size!r}")
         device = device if device is not None else self._device()
         leaves = {
             key: torch.zeros(batch_size, *shape, device=device, dtype=self.state_dtype())
@@ -55,7 +63,7 @@ class MemoryCore(nn.Module):
         self._check_x(x, seq=True)
         B, T = x.shape[:2]
         check_mask("resets", resets, (B, T), "B T")
-        self._check_state(state, B)
+        self._check_state(state, B, x.device)
         return self._forward(x, state, resets)
 
     def step(self, x: torch.Tensor, state: TensorDict, reset: torch.Tensor | None = None):
@@ -63,7 +71,7 @@ class MemoryCore(nn.Module):
         self._check_x(x, seq=False)
         B = x.shape[0]
         check_mask("reset", reset, (B,), "B")
-        self._check_state(state, B)
+        self._check_state(state, B, x.device)
         return self._step(x, state, reset)
 
     def _device(self) -> torch.device:
@@ -84,6 +92,11 @@ class MemoryCore(nn.Module):
                 + ("; use step() for a single time step" if seq and x.dim() == 2 else "")
             )
         p = next(self.parameters(), None)
+        if p is not None and x.device != p.device:
+            raise ValueError(
+                f"{type(self).__name__}: x is on {x.device} but the core's parameters are on "
+                f"{p.device}; move one to the other (x.to('{p.device}') or core.to('{x.device}'))"
+            )
         # under autocast torch casts inside the layers; otherwise a mismatch fails deep in
         # a matmul with no word about the core
         if p is not None and x.dtype != p.dtype and not torch.is_autocast_enabled(x.device.type):
@@ -92,13 +105,13 @@ class MemoryCore(nn.Module):
                 f"{p.dtype}; cast one to the other (x.to({p.dtype}) or core.to({x.dtype}))"
             )
 
-    def _check_state(self, state: TensorDict, B: int) -> None:
+    def _check_state(self, state: TensorDict, B: int, device: torch.device) -> None:
         # The common case in one walk over the state (acting checks it every env step);
         # anything off is looked at again below, to say what is wrong.
         if (
             isinstance(state, TensorDict)
             and state.batch_size == (B,)
-            and _has_layout(state, _nest(self._state_shapes()))
+            and _has_layout(state, _nest(self._state_shapes()), device)
         ):
             return
         cls = type(self).__name__
@@ -126,20 +139,28 @@ class MemoryCore(nn.Module):
                     f"{cls}: state entry {key!r} has per-row shape {tuple(got)}, expected "
                     f"{shape}; the state comes from a core of another size"
                 )
+        for key in shapes:
+            got = state.get(tuple(key.split("/"))).device
+            if got != device:
+                raise ValueError(
+                    f"{cls}: state entry {key!r} is on {got} but x is on {device}; "
+                    f"move the state with state.to('{device}')"
+                )
 
 
-def _has_layout(state: TensorDict, layout: dict) -> bool:
-    """Whether ``state`` has exactly the nested keys of ``layout``, leaves of its per-row shapes."""
+def _has_layout(state: TensorDict, layout: dict, device: torch.device) -> bool:
+    """Whether ``state`` has exactly the nested keys of ``layout``, leaves of its per-row
+    shapes on ``device``."""
     if len(state.keys()) != len(layout):
         return False
     for key, value in state.items():
         expected = layout.get(key)
         if isinstance(expected, dict):
-            if not (isinstance(value, TensorDict) and _has_layout(value, expected)):
+            if not (isinstance(value, TensorDict) and _has_layout(value, expected, device)):
                 return False
         elif expected is None or not isinstance(value, torch.Tensor):
             return False
-        elif value.shape[1:] != expected:
+        elif value.shape[1:] != expected or value.device != device:
             return False
     return True
 
