@@ -92,9 +92,11 @@ def test_unknown_popgym_id_suggests_the_right_one():
         make_env("popgym-RepeatPrevEasy-v0")
 
 
-def test_unknown_kwarg_surfaces_gymnasiums_type_error():
-    with pytest.raises(TypeError, match="unexpected keyword argument 'corridor'"):
+def test_unknown_kwarg_names_it_and_the_ones_the_env_takes():
+    with pytest.raises(TypeError, match="unexpected keyword argument 'corridor'") as error:
         make_env("xlstm_rl/TMaze-v0", corridor=5)
+    assert isinstance(error.value, ValueError)  # a bad config value: the CLI's one-line error
+    assert "it takes: corridor_length, passive, max_steps" in str(error.value)
 
 
 def test_env_module_registers_user_envs(monkeypatch):
@@ -111,8 +113,10 @@ def test_env_module_registers_user_envs(monkeypatch):
 
 
 def test_missing_env_module_is_an_import_error():
-    with pytest.raises(ImportError, match="no_such_env_module"):
+    with pytest.raises(ImportError, match="no_such_env_module") as error:
         make_env("xlstm_rl/TMaze-v0", env_module="no_such_env_module")
+    assert isinstance(error.value, ValueError)  # a bad config value: the CLI's one-line error
+    assert "PYTHONPATH=." in str(error.value)  # the console script does not search the cwd
 
 
 def test_tuple_of_box_and_discrete_becomes_dict():

@@ -17,6 +17,7 @@ from __future__ import annotations
 import difflib
 import functools
 import importlib
+import inspect
 from typing import Any
 
 import gymnasium as gym
@@ -37,12 +38,27 @@ from xlstm_rl.envs.wrappers import (
 SUITE_PACKAGES = {"popgym-": "popgym", "MiniGrid-": "minigrid", "BabyAI-": "minigrid"}
 
 
+class EnvModuleError(ImportError, ValueError):
+    """An env module that cannot be imported (a ValueError too: a bad config value)."""
+
+
+class EnvArgumentError(TypeError, ValueError):
+    """A keyword argument the env does not take (a ValueError too: a bad config value)."""
+
+
 def import_env_module(name: str) -> None:
     """Import ``name`` so that the envs it registers with gymnasium can be made."""
     try:
         importlib.import_module(name)
     except ImportError as e:
-        raise ImportError(f"could not import env_module {name!r}: {e}") from e
+        hint = ""
+        if isinstance(e, ModuleNotFoundError) and e.name == name.split(".")[0]:
+            # console scripts do not search the current directory, unlike python -m
+            hint = (
+                "; it must be importable from the Python path (for a module in the current "
+                "directory: PYTHONPATH=. xlstm-rl ..., or python -m xlstm_rl.cli ...)"
+            )
+        raise EnvModuleError(f"could not import env_module {name!r}: {e}{hint}") from e
 
 
 def _import_suite(env_id: str) -> None:
@@ -88,6 +104,30 @@ def resolve_env_id(env_id: str, env_module: str | None = None) -> str:
     return env_id
 
 
+def _make(env_id: str, kwargs: dict[str, Any]) -> gym.Env:
+    """gym.make, with a keyword the env does not take reported with the ones it does."""
+    try:
+        return gym.make(env_id, **kwargs)
+    except TypeError as e:
+        if "unexpected keyword argument" not in str(e):
+            raise
+        raise EnvArgumentError(f"{env_id}: {e}; {_accepted_kwargs(env_id)}") from e
+
+
+def _accepted_kwargs(env_id: str) -> str:
+    try:
+        entry = gym.spec(env_id).entry_point
+        target = gym.envs.registration.load_env_creator(entry) if isinstance(entry, str) else entry
+        params = inspect.signature(target).parameters.values()
+    except Exception:  # noqa: BLE001 - only a hint; the error itself is already clear
+        return "see the env's documentation for its arguments"
+    names = [p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+    more = any(p.kind == p.VAR_KEYWORD for p in params)
+    return f"it takes: {', '.join(names) or 'no named arguments'}" + (
+        " (and more, passed on to its base class)" if more else ""
+    )
+
+
 def _is_minigrid(env: gym.Env) -> bool:
     return type(env.unwrapped).__module__.split(".")[0] == "minigrid"
 
@@ -99,7 +139,8 @@ def make_env(env_id: str, *, env_module: str | None = None, **kwargs: Any) -> gy
     and ``info["success"]`` at episode end; ``agent_view_size`` (odd, >= 3;
     MiniGrid's default 7) sets the image size. Tuple observations (POPGym's
     Autoencode) are flattened. An unknown id raises ValueError with close
-    matches; an unknown keyword raises gymnasium's TypeError naming it. POPGym
+    matches; an unknown keyword raises ``EnvArgumentError`` (a TypeError and a ValueError)
+    naming it and the keywords the env takes. POPGym
     envs get fresh info arrays each step (``CopyInfoArrays``).
     """
     env_id = resolve_env_id(env_id, env_module)
@@ -110,11 +151,11 @@ def make_env(env_id: str, *, env_module: str | None = None, **kwargs: Any) -> gy
     if env_id.startswith("popgym-"):
         # Copy info arrays before gymnasium's env checker sees them; see CopyInfoArrays.
         check = not kwargs.pop("disable_env_checker", False)
-        env = CopyInfoArrays(gym.make(env_id, disable_env_checker=True, **kwargs))
+        env = CopyInfoArrays(_make(env_id, {"disable_env_checker": True, **kwargs}))
         if check:
             env = gym.wrappers.PassiveEnvChecker(env)
     else:
-        env = gym.make(env_id, **kwargs)
+        env = _make(env_id, kwargs)
     if _is_minigrid(env):
         env = EpisodeSuccess(MiniGridObservation(env))
     if isinstance(env.observation_space, spaces.Tuple):
