@@ -29,6 +29,12 @@ def _train(args: argparse.Namespace, extra: list[str]) -> int:
     if args.config is None and args.resume is None:
         default = Path("configs/default.yaml")
         args.config = default if default.is_file() else None
+        if args.config is None:
+            print(
+                f"no --config given and no {default} here: training with the built-in "
+                "defaults (xlstm_rl.config.TrainConfig) plus the overrides",
+                file=sys.stderr,
+            )
     result = train(args.config, resume=args.resume, overrides=overrides, progress=not args.quiet)
     if result.rank > 0:  # under torchrun, rank 0 reports for all
         return 0
@@ -103,20 +109,20 @@ def build_parser() -> argparse.ArgumentParser:
         description="Train an agent. Further --key value pairs override config keys.",
     )
     train.add_argument("--config", type=Path, help="YAML config (default: configs/default.yaml)")
-    train.add_argument("--resume", type=Path, help="continue from this checkpoint")
-    train.add_argument("--quiet", action="store_true", help="no progress bar")
-    train.set_defaults(
-        run=_train,
-        on_interrupt="resume from the run's last checkpoint (one is written every "
-        "checkpoint_every updates) with xlstm-rl train --resume <log_dir>/<run>/checkpoint.pt",
+    train.add_argument(
+        "--resume", type=Path, help="continue from this checkpoint (file or run folder)"
     )
+    train.add_argument("--quiet", action="store_true", help="no progress bar")
+    train.set_defaults(run=_train, on_interrupt="")  # main() says which checkpoint
 
     evaluate = commands.add_parser("evaluate", help="evaluate a checkpoint on held-out seeds")
-    evaluate.add_argument("checkpoint", type=Path)
-    evaluate.add_argument("--episodes", type=int, help="default: the run's eval_episodes")
+    evaluate.add_argument("checkpoint", type=Path, help="checkpoint file or its run folder")
+    evaluate.add_argument(
+        "--episodes", type=int, help="default: the run's eval_episodes (100 if it had none)"
+    )
     evaluate.add_argument("--seed", type=int, help="base seed (default: the run's seed)")
     evaluate.add_argument("--stochastic", action="store_true", help="sample actions, not the mode")
-    evaluate.add_argument("--device", default="cpu")
+    evaluate.add_argument("--device", default="cpu", help="cpu, cuda[:N] or auto")
     evaluate.add_argument("--json", type=Path, help="also write the results here")
     evaluate.set_defaults(run=_evaluate, on_interrupt="nothing was written")
 
@@ -151,10 +157,18 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, FileNotFoundError, CheckpointError) as e:
         # Bad configs, unknown env ids or core options, damaged checkpoints: one clear line.
         parser.exit(2, f"xlstm-rl {args.command}: error: {e}\n")
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as e:
         # Ctrl-C: checkpoints are written atomically, so the last one is whole; say how
         # to go on rather than print a traceback from wherever the run was
-        parser.exit(130, f"xlstm-rl {args.command}: interrupted; {args.on_interrupt}\n")
+        then = args.on_interrupt
+        if args.command == "train":
+            checkpoint = getattr(e, "checkpoint", None)
+            then = (
+                f"resume with: xlstm-rl train --resume {checkpoint}"
+                if checkpoint is not None
+                else "no checkpoint was written yet (one is written every checkpoint_every updates)"
+            )
+        parser.exit(130, f"xlstm-rl {args.command}: interrupted; {then}\n")
 
 
 if __name__ == "__main__":

@@ -112,6 +112,8 @@ class PolicyConfig:
         _require(
             self.cnn_channels >= 1, f"policy.cnn_channels must be >= 1, got {self.cnn_channels}"
         )
+        _require(self.head_layers >= 0, f"policy.head_layers must be >= 0, got {self.head_layers}")
+        _require(self.head_hidden >= 1, f"policy.head_hidden must be >= 1, got {self.head_hidden}")
 
 
 @dataclass
@@ -336,7 +338,12 @@ def load_config(
         path = Path(config)
         if not path.is_file():
             raise FileNotFoundError(f"config file not found: {path}")
-        data = yaml.safe_load(path.read_text()) or {}
+        data = load_yaml(path) or {}
+        if not isinstance(data, dict):
+            raise ConfigError(
+                f"{path}: the top level must be a mapping of config keys (algo: ..., env: ...), "
+                f"got a {type(data).__name__}"
+            )
     elif config is None:
         data = {}
     else:
@@ -344,6 +351,27 @@ def load_config(
             f"config must be a TrainConfig, dict or YAML path, got {type(config).__name__}"
         )
     return from_dict(TrainConfig, apply_overrides(data, overrides or {}))
+
+
+def flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """A nested config mapping as dotted keys: ``{"ppo": {"lr": 1}}`` -> ``{"ppo.lr": 1}``.
+    An empty mapping stays a value (``env.kwargs: {}``), so it compares with a filled one."""
+    flat = {}
+    for key, value in data.items():
+        if isinstance(value, dict) and value:
+            flat.update(flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def load_yaml(path: str | os.PathLike) -> Any:
+    """The parsed YAML file; a ConfigError naming the file and the line if it does not parse."""
+    try:
+        with open(path) as stream:  # a stream, so that yaml's message names the file
+            return yaml.safe_load(stream)
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path} is not valid YAML: {e}") from None
 
 
 def parse_overrides(args: list[str]) -> dict[str, str]:

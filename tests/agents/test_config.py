@@ -86,16 +86,33 @@ def test_cli_errors_exit_with_the_message(tmp_path, capsys):
     assert "config file not found" in capsys.readouterr().err
 
 
-def test_cli_ctrl_c_says_how_to_resume(tmp_path, capsys, monkeypatch):
-    def interrupted(*args, **kwargs):
-        raise KeyboardInterrupt
+def test_cli_ctrl_c_names_the_checkpoint_to_resume_from(tmp_path, capsys, monkeypatch):
+    from xlstm_rl.agents.rollout import Collector
 
-    monkeypatch.setattr("xlstm_rl.agents.train", interrupted)
-    with pytest.raises(SystemExit) as exit_info:
-        main(["train", "--config", str(CONFIGS[0]), "--log_dir", str(tmp_path)])
-    assert exit_info.value.code == 130
-    err = capsys.readouterr().err
-    assert "interrupted; resume" in err and "--resume" in err and "Traceback" not in err
+    config = tiny_config(tmp_path, checkpoint_every=1)
+    path = tmp_path / "tiny.yaml"
+    path.write_text(json.dumps(config.to_dict()))
+    collect, calls = Collector.collect, []
+
+    def ctrl_c_in_the_second_update(self):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return collect(self)
+
+    monkeypatch.setattr(Collector, "collect", ctrl_c_in_the_second_update)
+    checkpoint = tmp_path / "runs" / "test" / "checkpoint.pt"
+    for calls_before, expected in (
+        ([1], "no checkpoint was written yet"),  # Ctrl-C in the first update
+        ([], f"resume with: xlstm-rl train --resume {checkpoint}"),  # after update 1's
+    ):
+        calls[:] = calls_before
+        with pytest.raises(SystemExit) as exit_info:
+            main(["train", "--config", str(path), "--quiet"])
+        assert exit_info.value.code == 130
+        err = capsys.readouterr().err
+        assert f"interrupted; {expected}" in err and "Traceback" not in err
+    assert load_checkpoint(checkpoint)["update"] == 1
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
@@ -135,3 +152,79 @@ def test_cli_train_then_evaluate(tmp_path, capsys):
     # Resuming a finished run with a larger budget trains on from where it stopped.
     assert main(["train", "--resume", str(checkpoint), "--quiet", "--total_steps", "192"]) == 0
     assert load_checkpoint(checkpoint)["update"] == 3
+
+
+def test_a_resumed_run_goes_on_in_its_checkpoints_folder(tmp_path, monkeypatch):
+    # the stored log_dir is relative to where the first run started; resuming from
+    # elsewhere must not start a second folder beside the command
+    (tmp_path / "first").mkdir(), (tmp_path / "elsewhere").mkdir()
+    config = tiny_config(tmp_path, log_dir="runs", total_steps=4 * 16 * 2)
+    monkeypatch.chdir(tmp_path / "first")
+    train(config, progress=False)
+    checkpoint = tmp_path / "first" / "runs" / "test" / "checkpoint.pt"
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    result = train(
+        resume=Path("..") / "first" / "runs" / "test" / "checkpoint.pt",
+        overrides={"total_steps": 4 * 16 * 3},
+        progress=False,
+    )
+    assert result.checkpoint.resolve() == checkpoint.resolve()
+    assert load_checkpoint(checkpoint)["update"] == 3
+    assert list((tmp_path / "elsewhere").iterdir()) == []
+    # log_dir or name given: a new run folder, started from the checkpoint
+    forked = train(
+        resume=checkpoint, overrides={"name": "fork", "total_steps": 4 * 16 * 4}, progress=False
+    )
+    assert forked.run_dir.resolve() == (tmp_path / "first" / "runs" / "fork").resolve()
+    assert load_checkpoint(checkpoint)["update"] == 3
+
+
+@pytest.mark.parametrize(
+    "overrides, named",
+    [
+        ({"core.hidden_size": 32}, "core.hidden_size (16 -> 32)"),
+        ({"core.name": "lstm"}, "core.name ('gru' -> 'lstm')"),
+        ({"env.kwargs.corridor_length": 5}, "env.kwargs.corridor_length (3 -> 5)"),
+        ({"seed": 5}, "seed (1 -> 5)"),
+        ({"policy.head_layers": 1}, "policy.head_layers (2 -> 1)"),
+    ],
+)
+def test_resume_refuses_to_change_what_the_checkpoint_was_built_from(tmp_path, overrides, named):
+    checkpoint = train(tiny_config(tmp_path, total_steps=4 * 16 * 2), progress=False).checkpoint
+    with pytest.raises(ValueError, match="cannot change") as error:
+        train(resume=checkpoint, overrides=overrides, progress=False)
+    assert named in str(error.value) and "start a new run" in str(error.value)
+    # the same value again is no change
+    same = {"core.hidden_size": 16, "total_steps": 4 * 16 * 3}
+    assert train(resume=checkpoint, overrides=same, progress=False).updates == 3
+
+
+def test_config_files_that_are_not_yaml_mappings_are_clear_errors(tmp_path):
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("ppo:\n  lr: [1e-3\n")
+    with pytest.raises(
+        ConfigError, match=r"(?s)broken.yaml is not valid YAML.*broken.yaml\", line 2"
+    ):
+        load_config(broken)
+    listed = tmp_path / "listed.yaml"
+    listed.write_text("- algo: ppo\n")
+    with pytest.raises(ConfigError, match="listed.yaml: the top level must be a mapping"):
+        load_config(listed)
+
+
+@pytest.mark.parametrize(
+    "key, value, message",
+    [
+        ("policy.head_layers", -1, "head_layers must be >= 0"),
+        ("policy.head_hidden", 0, "head_hidden must be >= 1"),
+    ],
+)
+def test_policy_head_sizes_are_checked(key, value, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config({}, {key: value})
+
+
+def test_a_budget_that_is_not_whole_updates_says_what_runs(tmp_path):
+    config = tiny_config(tmp_path, total_steps=4 * 16 * 2 + 10, eval_episodes=0)
+    with pytest.warns(UserWarning, match="training runs 2 updates, 128 env steps"):
+        assert train(config, progress=False).global_step == 128

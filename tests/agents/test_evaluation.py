@@ -2,7 +2,9 @@
 
 import pytest
 
-from xlstm_rl.agents.evaluation import EVAL_SEED_OFFSET, evaluate_random
+from tests.agents.conftest import tiny_config
+from xlstm_rl.agents import train
+from xlstm_rl.agents.evaluation import EVAL_SEED_OFFSET, evaluate_checkpoint, evaluate_random
 
 
 def test_random_floor_on_the_tmaze_is_chance_and_reproducible():
@@ -27,3 +29,16 @@ def test_random_floor_rejects_bad_input():
         evaluate_random("xlstm_rl/TMaze-v0", 0)
     with pytest.raises(ValueError, match="unknown env id"):
         evaluate_random("NoSuchEnv-v0", 1)
+
+
+def test_evaluate_checkpoint_reads_run_folders_and_checks_its_arguments(tmp_path):
+    config = tiny_config(tmp_path, total_steps=4 * 16 * 2, eval_episodes=0)
+    result = train(config, progress=False)
+    # the run folder stands for its checkpoint.pt; a run without evaluations gets 100
+    assert evaluate_checkpoint(result.run_dir)["episodes"] == 100
+    with pytest.raises(ValueError, match=r"seed must be in \[0, 2\*\*31\), got -1"):
+        evaluate_checkpoint(result.checkpoint, seed=-1)
+    with pytest.raises(ValueError, match="device must be 'cpu', 'cuda\\[:N\\]'"):
+        evaluate_checkpoint(result.checkpoint, device="gpu0")
+    with pytest.raises(FileNotFoundError, match="no checkpoint.pt in the folder"):
+        evaluate_checkpoint(tmp_path)

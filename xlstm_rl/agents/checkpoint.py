@@ -50,11 +50,23 @@ def save_checkpoint(path: str | os.PathLike, payload: dict[str, Any]) -> Path:
     return path
 
 
-def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
-    """Read a checkpoint safely (no arbitrary pickle); CheckpointError if it is damaged."""
+def checkpoint_file(path: str | os.PathLike) -> Path:
+    """The checkpoint file at ``path``: the file itself, or a run folder's checkpoint.pt."""
     path = Path(path)
+    if path.is_dir():
+        if not (path / "checkpoint.pt").is_file():
+            raise FileNotFoundError(f"no checkpoint.pt in the folder {path}")
+        return path / "checkpoint.pt"
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint not found: {path}")
+    return path
+
+
+def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
+    """Read a checkpoint safely (no arbitrary pickle); CheckpointError if it is damaged.
+
+    ``path`` is the file or the run folder holding it (``<log_dir>/<name>``)."""
+    path = checkpoint_file(path)
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # torch raises many kinds (OSError, RuntimeError, UnpicklingError...)

@@ -19,7 +19,7 @@ import torch
 from gymnasium.vector.utils import concatenate, create_empty_array
 from tensordict import TensorDict
 
-from xlstm_rl.agents.checkpoint import load_checkpoint
+from xlstm_rl.agents.checkpoint import checkpoint_file, load_checkpoint
 from xlstm_rl.agents.encoders import obs_to_tensor
 from xlstm_rl.agents.policy import Policy
 from xlstm_rl.config import TrainConfig, load_config
@@ -171,8 +171,15 @@ def evaluate_checkpoint(
     deterministic: bool = True,
     device: str = "cpu",
 ) -> dict[str, Any]:
-    """Evaluate a saved policy; ``episodes`` defaults to the run's ``eval_episodes``."""
-    policy, config = policy_from_checkpoint(path, device)
-    episodes = episodes if episodes is not None else max(1, config.eval_episodes)
+    """Evaluate a saved policy (``path``: the file or its run folder); ``episodes``
+    defaults to the run's ``eval_episodes`` (100 if the run had none), ``seed`` to the
+    run's; ``device`` as in training (``cpu``, ``cuda[:N]``, ``auto``)."""
+    from xlstm_rl.agents.training import resolve_device  # training imports this module
+
+    if seed is not None and not 0 <= seed < 2**31:
+        raise ValueError(f"seed must be in [0, 2**31), got {seed}")
+    path = checkpoint_file(path)
+    policy, config = policy_from_checkpoint(path, resolve_device(device))
+    episodes = episodes if episodes is not None else (config.eval_episodes or 100)
     result = evaluate_policy(policy, config, episodes, seed=seed, deterministic=deterministic)
     return {"checkpoint": str(path), "env": config.env.id, "core": config.core.name, **result}

@@ -30,6 +30,7 @@ from tqdm.auto import tqdm
 
 from xlstm_rl.agents import distributed
 from xlstm_rl.agents.checkpoint import (
+    checkpoint_file,
     env_snapshot,
     load_checkpoint,
     record_episodes,
@@ -42,7 +43,7 @@ from xlstm_rl.agents.evaluation import evaluate_policy
 from xlstm_rl.agents.policy import Policy
 from xlstm_rl.agents.ppo import update
 from xlstm_rl.agents.rollout import Collector, compute_advantages
-from xlstm_rl.config import TrainConfig, load_config
+from xlstm_rl.config import TrainConfig, flatten, load_config
 from xlstm_rl.envs import make_vector_env
 
 
@@ -61,10 +62,23 @@ class TrainResult:
     world_size: int = 1
 
 
+class TrainingInterrupted(KeyboardInterrupt):
+    """Ctrl-C during training; ``checkpoint`` is the run's latest checkpoint, None if none."""
+
+    def __init__(self, checkpoint: Path | None):
+        super().__init__(checkpoint)
+        self.checkpoint = checkpoint
+
+
 def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ValueError(
+            f"device must be 'cpu', 'cuda[:N]', 'mps' or 'auto', got {name!r}"
+        ) from None
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(
             f"device {name!r} asked for, but CUDA is not available here; "
@@ -165,9 +179,11 @@ def train(
     if resume is not None:
         if config is not None:
             raise ValueError("pass either config or resume: a resumed run uses its checkpoint's")
+        resume = checkpoint_file(resume)  # a run folder names its checkpoint.pt
         payload = load_checkpoint(resume)
-        config = payload["config"]
-    config = load_config(config, overrides)
+        config = _resumed_config(payload["config"], resume, overrides or {})
+    else:
+        config = load_config(config, overrides)
     with distributed.process_group(resolve_device(config.device)) as (world, device):
         if config.name is None:  # rank 0's clock names the run for everyone
             config = dataclasses.replace(
@@ -179,6 +195,37 @@ def train(
                 f"{world.size}: resume with the same number, as each rank restores its own envs"
             )
         return _train(config, payload, resume, world, device, progress)
+
+
+# What a resumed run cannot change: the network, the environments and the RNG streams
+# were built from these, and the checkpoint holds their state.
+_FIXED_ON_RESUME = ("algo", "seed", "env", "core", "policy")
+
+
+def _resumed_config(stored: dict[str, Any], checkpoint: Path, overrides: dict) -> TrainConfig:
+    """The checkpoint's config plus ``overrides``, writing into the checkpoint's own folder.
+
+    A resumed run goes on in the folder its checkpoint lies in, wherever the command runs
+    (the stored ``log_dir`` may be relative to another directory): ``log_dir`` defaults to
+    the folder above it and ``name`` to its own; an override of either starts a new folder.
+    Overrides of what the checkpoint's state was built from are refused."""
+    here = {"log_dir": str(checkpoint.parent.parent), "name": checkpoint.parent.name}
+    config = load_config(stored, {**here, **overrides})
+    old, new = flatten(load_config(stored).to_dict()), flatten(config.to_dict())
+    changed = [
+        f"{key} ({old.get(key)!r} -> {new.get(key)!r})"
+        for key in sorted(old.keys() | new.keys())
+        if key.split(".")[0] in _FIXED_ON_RESUME
+        and key != "env.asynchronous"  # how the envs step, not what they are
+        and old.get(key) != new.get(key)
+    ]
+    if changed:
+        raise ValueError(
+            f"cannot change {', '.join(changed)} when resuming {checkpoint}: the checkpoint's "
+            "network, environments and random streams were built from them; start a new run "
+            "(xlstm-rl train --config ...) to change them"
+        )
+    return config
 
 
 def _train(config, payload, resume, world, device, progress) -> TrainResult:
@@ -225,6 +272,14 @@ def _train(config, payload, resume, world, device, progress) -> TrainResult:
     checkpoint_path = run_dir / "checkpoint.pt"
     steps_per_update = config.steps_per_update * world.size
     num_updates = max(1, config.total_steps // steps_per_update)
+    if world.is_main and payload is None and num_updates * steps_per_update != config.total_steps:
+        warnings.warn(
+            f"total_steps {config.total_steps:,} is not a whole number of updates of "
+            f"{steps_per_update:,} env steps (env.num_envs x ppo.rollout_len"
+            f"{' x processes' if world.size > 1 else ''}): training runs {num_updates} "
+            f"updates, {num_updates * steps_per_update:,} env steps",
+            stacklevel=2,
+        )
     bar = tqdm(
         total=num_updates * steps_per_update,
         initial=global_step,
@@ -265,6 +320,9 @@ def _train(config, payload, resume, world, device, progress) -> TrainResult:
                     )
                     save_checkpoint(checkpoint_path, snapshot)
                 distributed.barrier()  # on every rank, the checkpoint is on disk from here
+    except KeyboardInterrupt:
+        # say which checkpoint to resume from (the last one written is whole: atomic writes)
+        raise TrainingInterrupted(checkpoint_path if checkpoint_path.is_file() else None) from None
     finally:
         bar.close()
         envs.close()
