@@ -13,6 +13,7 @@ import pytest
 from xlstm_rl.cli import main
 from xlstm_rl.config import ConfigError
 from xlstm_rl.suite import build_report, load_suite, run_suite
+from xlstm_rl.suite.runner import check_envs, recorded_config
 from xlstm_rl.suite.spec import suite_from_dict
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -20,6 +21,8 @@ SMOKE = ROOT / "configs" / "suites" / "smoke.yaml"
 HERE = Path(__file__).resolve().parent
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 SUITES = sorted((ROOT / "configs" / "suites").glob("*.yaml"))
+PYTHONPATH = os.environ.get("PYTHONPATH")
+FAILED = ["exits/gru/seed1", "nan/gru/seed1", "raises/gru/seed1"]
 
 
 def quiet(*_):
@@ -31,6 +34,7 @@ def test_shipped_suites_load_and_expand(path):
     # expanding the matrix checks every run's config (keys and values) by load_config
     suite = load_suite(path)
     assert len(suite.runs()) == len(suite.envs) * len(suite.cores) * len(suite.seeds) > 0
+    check_envs(suite.runs())  # and every env of it can be made, as run_suite checks
 
 
 @pytest.fixture(scope="module")
@@ -133,6 +137,41 @@ def test_subset_keeps_order_and_names_unknown_entries():
         suite.subset(seeds=[7])
 
 
+def test_env_ids_and_kwargs_are_checked_before_any_run_starts(tmp_path):
+    def suite(env):
+        tmaze = {"name": "fine", "id": "xlstm_rl/TMaze-v0", "kwargs": {"corridor_length": 3}}
+        return suite_from_dict(
+            {"name": "typo", "cores": ["gru"], "seeds": [1], "envs": [tmaze, env]}
+        )
+
+    typo = suite({"name": "typo", "id": "popgym-RepeatPrevEasy-v0"})
+    with pytest.raises(ConfigError, match=r"env 'typo' cannot be made: unknown env id") as e:
+        run_suite(typo, tmp_path / "out", echo=quiet)
+    assert "Did you mean: popgym-RepeatPreviousEasy-v0" in str(e.value)
+    kwarg = suite({"name": "T5", "id": "xlstm_rl/TMaze-v0", "kwargs": {"corridor_lenght": 5}})
+    with pytest.raises(ConfigError, match=r"env 'T5' cannot be made: .*'corridor_lenght'"):
+        run_suite(kwarg, tmp_path / "out", echo=quiet)
+    assert not (tmp_path / "out").exists()  # not even the fine env's runs were started
+
+
+def test_suite_file_errors_name_the_key_and_the_file(tmp_path):
+    with pytest.raises(
+        ConfigError, match=r"seeds must be a list of ints, got 'two' in \[1, 'two'\]"
+    ):
+        suite_from_dict({"cores": ["gru"], "seeds": [1, "two"], "envs": [{"id": "x-v0"}]})
+    with pytest.raises(ConfigError, match=r"cores must be a list of strs, got 'gru'"):
+        suite_from_dict({"cores": "gru", "seeds": [1], "envs": [{"id": "x-v0"}]})
+    seeds = tmp_path / "seeds.yaml"
+    seeds.write_text("name: s\ncores: [gru]\nseeds: [1, two]\nenvs: [{id: x-v0}]\n")
+    with pytest.raises(ConfigError, match=rf"^{seeds}: suite: seeds must be a list of ints"):
+        load_suite(seeds)
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("name: s\ncores: [gru\nseeds: [1]\n")
+    with pytest.raises(ConfigError, match=rf"^{broken} is not valid YAML") as e:
+        load_suite(broken)
+    assert f'in "{broken}", line 2' in str(e.value)
+
+
 def test_report_rebuilds_from_finished_runs(smoke, capsys):
     out, _ = smoke
     for path in (out / "report").iterdir():
@@ -142,10 +181,74 @@ def test_report_rebuilds_from_finished_runs(smoke, capsys):
     check_report(out, load_suite(SMOKE))
 
 
-def test_failed_runs_are_recorded_and_the_suite_goes_on(tmp_path, monkeypatch):
-    # the workers import suite_faulty_envs; what an existing PYTHONPATH reaches stays reachable
-    paths = filter(None, [str(HERE), os.environ.get("PYTHONPATH")])
-    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(paths))
+def changed_smoke(tmp_path: Path, old: str, new: str) -> Path:
+    text = SMOKE.read_text()
+    assert old in text
+    path = tmp_path / "smoke.yaml"
+    path.write_text(text.replace(old, new))
+    return path
+
+
+def test_a_changed_suite_or_override_is_refused_where_runs_are_finished(smoke, tmp_path, capsys):
+    out, _ = smoke
+    configs = sorted(out.glob("runs/*/*/*/config.yaml"))
+    stamps = [path.stat().st_mtime_ns for path in configs]
+    bigger = changed_smoke(tmp_path, "core: {hidden_size: 16}", "core: {hidden_size: 32}")
+    with pytest.raises(ConfigError) as refused:
+        run_suite(bigger, out, echo=quiet, report=False)
+    message = str(refused.value)
+    assert "8 run(s): TMaze-4/mlstm/seed1 (finished), TMaze-4/mlstm/seed2 (finished)" in message
+    assert "and 3 more" in message and "core.hidden_size: 16 -> 32" in message
+    assert "use a new --out" in message.lower() and "Nothing was run or written" in message
+    # a longer budget from the command line, through the CLI: exit status 2, nothing run
+    with pytest.raises(SystemExit) as exited:
+        main(["suite", str(SMOKE), "--out", str(out), "--total_steps", "512"])
+    assert exited.value.code == 2
+    assert "total_steps: 384 -> 512" in capsys.readouterr().err
+    # only runs outside the chosen part changed: suite.yaml, which the report reads,
+    # would no longer describe them, so that is refused too
+    faster = changed_smoke(
+        tmp_path,
+        "popgym-RepeatPreviousEasy-v0",
+        "popgym-RepeatPreviousEasy-v0\n    overrides: {ppo.lr: 2.0e-3}",
+    )
+    with pytest.raises(ConfigError, match=r"RepeatPreviousEasy/mlstm/seed1 \(finished\)") as e:
+        run_suite(faster, out, echo=quiet, report=False, envs=["TMaze-4"])
+    assert "ppo.lr: 0.001 -> 0.002" in str(e.value) and "TMaze-4/" not in str(e.value)
+    assert (out / "suite.yaml").read_bytes() == SMOKE.read_bytes()
+    assert [path.stat().st_mtime_ns for path in configs] == stamps
+    # the same suite file in another place, or the copy in out itself, is no change
+    outcome = run_suite(out / "suite.yaml", out, echo=quiet, report=False)
+    assert outcome.ran == [] and len(outcome.skipped) == 8 and not outcome.failed
+    # nor is where and how fast the runs go (another machine, more threads)
+    overrides = {"device": "auto", "torch_threads": 2, "checkpoint_every": 7}
+    outcome = run_suite(SMOKE, out, echo=quiet, report=False, overrides=overrides)
+    assert outcome.ran == [] and len(outcome.skipped) == 8
+
+
+def test_an_interrupted_run_resumes_only_with_the_settings_it_started_with(smoke, tmp_path):
+    out, _ = smoke
+    run_dir = out / "runs" / "TMaze-4" / "gru" / "seed1"
+    result = (run_dir / "result.json").read_bytes()
+    (run_dir / "result.json").unlink()  # its checkpoint is there: it would resume
+    try:
+        bigger = changed_smoke(tmp_path, "total_steps: 384", "total_steps: 768")
+        with pytest.raises(ConfigError, match=r"TMaze-4/gru/seed1 \(in progress\)"):
+            run_suite(bigger, out, echo=quiet, report=False, envs=["TMaze-4"], cores=["gru"])
+    finally:
+        (run_dir / "result.json").write_bytes(result)
+    # a run that never reached a checkpoint starts afresh, so its old config binds nothing
+    fresh = tmp_path / "fresh"
+    fresh.mkdir()
+    (fresh / "config.yaml").write_text((run_dir / "config.yaml").read_text())
+    assert recorded_config(fresh) is None
+    assert recorded_config(run_dir)[0] == "finished"
+
+
+@pytest.fixture(scope="module")
+def faults(tmp_path_factory):
+    """A suite of one fine env and three that fail, run once: (out, outcome)."""
+    tmp_path = tmp_path_factory.mktemp("faults")
     smoke = load_suite(SMOKE)
     faulty = {"id": "xlstm_rl_test/Faulty-v0", "overrides": {"env.module": "suite_faulty_envs"}}
     suite = suite_from_dict(
@@ -163,8 +266,15 @@ def test_failed_runs_are_recorded_and_the_suite_goes_on(tmp_path, monkeypatch):
             ],
         }
     )
-    outcome = run_suite(suite, tmp_path, workers=2, echo=quiet)
-    assert sorted(outcome.failed) == ["exits/gru/seed1", "nan/gru/seed1", "raises/gru/seed1"]
+    with pytest.MonkeyPatch.context() as patch:
+        # the workers import suite_faulty_envs; what PYTHONPATH reaches stays reachable
+        patch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(HERE), PYTHONPATH])))
+        yield tmp_path, run_suite(suite, tmp_path, workers=2, echo=quiet)
+
+
+def test_failed_runs_are_recorded_and_the_suite_goes_on(faults):
+    tmp_path, outcome = faults
+    assert sorted(outcome.failed) == FAILED
 
     def result(env):
         return json.loads((tmp_path / "runs" / env / "gru" / "seed1" / "result.json").read_text())
@@ -184,6 +294,17 @@ def test_failed_runs_are_recorded_and_the_suite_goes_on(tmp_path, monkeypatch):
     assert "| nan/gru/seed1 | FloatingPointError at update 2" in report
     assert "| fine | gru | 1/1 |" in report and "| raises | gru | 0/1 |" in report
     assert build_report(tmp_path) == tmp_path / "report" / "report.md"
+
+
+def test_a_rerun_counts_the_failed_runs_recorded_earlier(faults, capsys):
+    out, _ = faults
+    outcome = run_suite(load_suite(out / "suite.yaml"), out, echo=quiet, report=False)
+    assert outcome.ran == [] and len(outcome.skipped) == 4 and sorted(outcome.failed) == FAILED
+    # the CLI's exit status too, with the suite file that the first call copied into out
+    assert main(["suite", str(out / "suite.yaml"), "--out", str(out)]) == 1
+    printed = capsys.readouterr().out
+    assert "0 runs to do, 4 finished (3 failed)" in printed
+    assert f"3 of 4 runs failed ({', '.join(FAILED)}); --retry-failed reruns them" in printed
 
 
 def test_random_floor_script_prints_every_env_of_a_suite(capsys):
@@ -287,3 +408,19 @@ def test_report_of_a_partial_matrix_leaves_out_what_was_not_run():
     report = render_markdown(suite, runs, aggregate(runs, suite), plots=[])
     assert "Not run yet (left out of the table): c on every environment." in report
     assert "| b | 10 | 100 |" in report
+
+
+def test_report_says_so_when_no_run_has_finished_without_failing():
+    from xlstm_rl.suite.report import Run, aggregate, render_markdown
+
+    suite = suite_from_dict(
+        {"name": "f", "cores": ["a"], "seeds": [1, 2], "envs": [{"id": "x-v0"}]}
+    )
+    runs = [Run("x-v0", "a", 1, {"status": "failed", "error": "boom", "final_eval": {}}, [])]
+    report = render_markdown(suite, runs, aggregate(runs, suite), plots=[])
+    assert "Runs finished: 1 of 2 (1 failed)." in report
+    assert "no run has finished without failing yet." in report and "none yet" not in report
+    ok = {"status": "ok", "global_step": 384, "final_eval": {"return_mean": 0.5}}
+    runs.append(Run("x-v0", "a", 2, ok, [(384, 0.5)]))
+    report = render_markdown(suite, runs, aggregate(runs, suite), plots=[])
+    assert "the finished runs trained for 384 env steps" in report

@@ -268,7 +268,13 @@ def render_markdown(
     failed = [r for r in runs if not r.ok]
     budget = suite.base.get("total_steps")
     budget = f"{budget} env steps per run" if budget else "set per env"
-    trained = steps_label([r for r in runs if r.ok]) or "none yet"
+    trained = steps_label([r for r in runs if r.ok])
+    trained = (
+        f"the finished runs trained for {trained} env steps (the *env steps* column; a "
+        "command-line override sets it)."
+        if trained
+        else "no run has finished without failing yet."
+    )
     ran_envs = {r.env for r in runs}
     ran_cores = {r.core for r in runs}
     not_run = [e.name for e in suite.envs if e.name not in ran_envs]
@@ -280,8 +286,7 @@ def render_markdown(
         "",
         f"Runs finished: {len(runs)} of {expected} ({len(failed)} failed). Seeds: "
         f"{', '.join(map(str, suite.seeds))}. Budget in the suite file: {budget} (env "
-        f"overrides may change it); the finished runs trained for {trained} env steps (the "
-        "*env steps* column; a command-line override sets it)."
+        f"overrides may change it); {trained}"
         + (f" Environments with no finished run yet: {', '.join(not_run)}." if not_run else ""),
         "",
         "Each cell is the mean over seeds ± the half-width of a 95% Student-t interval "

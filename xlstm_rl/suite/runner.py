@@ -15,6 +15,10 @@ others go on; up to ``workers`` run at once. The layout under ``out``::
 
 A run is finished when its ``result.json`` exists: a rerun skips it (``retry_failed``
 reruns failed ones), and a run interrupted mid-training resumes from its checkpoint.
+Before anything is written, a rerun checks that the settings of every run already
+under ``out`` (finished, failed or resuming) are those the suite would give it now, and
+makes one env per env config of the matrix, so a changed suite or a bad env id or
+kwarg stops the suite at once rather than hours into it.
 """
 
 from __future__ import annotations
@@ -33,15 +37,23 @@ from typing import Any
 
 import yaml
 
+from xlstm_rl.config import ConfigError, flatten, load_config
 from xlstm_rl.suite.spec import RunSpec, SuiteSpec, load_suite
 from xlstm_rl.suite.worker import write_json
 
 LOG_TAIL_CHARS = 4000
+# where a run lies and how fast it goes, not what it learns: free to differ on a rerun
+NOT_COMPARED = ("log_dir", "name", "device", "compile", "torch_threads", "checkpoint_every")
+LISTED = 5  # run keys named per group in an error, the rest counted
 
 
 @dataclass
 class SuiteOutcome:
-    """What ``run_suite`` did: run keys by what happened to them, and the report path."""
+    """What ``run_suite`` did: run keys by what happened to them, and the report path.
+
+    ``failed`` holds every run of the selected matrix whose result is a failure, those
+    that failed in an earlier call and were skipped now included.
+    """
 
     out: Path
     ran: list[str] = field(default_factory=list)
@@ -55,17 +67,9 @@ def read_result(run_dir: Path) -> dict[str, Any] | None:
     return json.loads(path.read_text()) if path.is_file() else None
 
 
-def _prepare(spec: RunSpec, suite: SuiteSpec, out: Path, retry_failed: bool) -> bool:
-    """Write the run's config; False if the run is already finished."""
-    run_dir = spec.run_dir(out)
-    result = read_result(run_dir)
-    if result is not None:
-        if not (retry_failed and result.get("status") == "failed"):
-            return False
-        (run_dir / "result.json").unlink()
-        shutil.rmtree(run_dir / "train", ignore_errors=True)  # a failed run starts afresh
-    run_dir.mkdir(parents=True, exist_ok=True)
-    config = dict(spec.config, log_dir=str(run_dir), name="train")
+def run_config(spec: RunSpec, suite: SuiteSpec, out: Path) -> dict[str, Any]:
+    """What the run's config.yaml holds: its TrainConfig mapping and the suite's note."""
+    config = dict(spec.config, log_dir=str(spec.run_dir(out)), name="train")
     config["suite_run"] = {
         "suite": suite.name,
         "env": spec.env,
@@ -73,8 +77,130 @@ def _prepare(spec: RunSpec, suite: SuiteSpec, out: Path, retry_failed: bool) -> 
         "seed": spec.seed,
         "mmer_window": suite.mmer_window,
     }
+    return config
+
+
+def recorded_config(run_dir: Path) -> tuple[str, dict[str, Any]] | None:
+    """(state, config) of a run that trained under ``run_dir``: finished or failed with
+    the config in its result, or in progress (a checkpoint to resume from, config.yaml);
+    None for a run that never got as far as a checkpoint, as it starts afresh."""
+    result = read_result(run_dir)
+    if result is None and not (run_dir / "train" / "checkpoint.pt").is_file():
+        return None
+    state = "in progress" if result is None else result.get("status", "finished")
+    state = "finished" if state == "ok" else state
+    if result is not None and isinstance(result.get("config"), dict):
+        return state, result["config"]
+    path = run_dir / "config.yaml"
+    if not path.is_file():  # a runner-recorded crash keeps its config only in config.yaml
+        return None
+    return state, yaml.safe_load(path.read_text()) or {}
+
+
+def _training_settings(config: dict[str, Any]) -> dict[str, Any]:
+    """The config's dotted keys as the run trains with them, defaults filled in."""
+    data = {k: v for k, v in config.items() if k != "suite_run"}
+    try:
+        data = load_config(data).to_dict()
+    except ConfigError:  # a config this version cannot read: compare what was written
+        pass
+    return {k: v for k, v in flatten(data).items() if k not in NOT_COMPARED}
+
+
+def config_changes(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
+    """``key: old -> new`` for every training setting that differs between two configs."""
+    old, new = _training_settings(old), _training_settings(new)
+    unset = "(unset)"
+    return [
+        f"{key}: {old.get(key, unset)!r} -> {new.get(key, unset)!r}"
+        for key in sorted(set(old) | set(new))
+        if old.get(key, unset) != new.get(key, unset)
+    ]
+
+
+def check_unchanged(runs: list[RunSpec], suite: SuiteSpec, out: Path, retry_failed: bool) -> None:
+    """ConfigError if a run under ``out`` would now get settings it did not train with.
+
+    ``runs`` (the selected matrix, command-line overrides applied) are compared with
+    what each recorded; a failed run that ``retry_failed`` reruns from scratch is
+    exempt. The other recorded runs of the suite are compared through the suite file
+    itself (old ``suite.yaml`` against the new suite, no overrides), since ``suite.yaml``
+    is about to be replaced and the report reads it.
+    """
+    changed: dict[tuple[str, ...], list[str]] = {}  # the same changes, the runs they hit
+    selected = {spec.key for spec in runs}
+
+    def compare(spec: RunSpec, old: dict[str, Any], new: dict[str, Any], state: str) -> None:
+        changes = config_changes(old, new)
+        if changes:
+            changed.setdefault(tuple(changes), []).append(f"{spec.key} ({state})")
+
+    for spec in runs:
+        recorded = recorded_config(spec.run_dir(out))
+        if recorded is not None and not (retry_failed and recorded[0] == "failed"):
+            compare(spec, recorded[1], spec.config, recorded[0])
+    if (out / "suite.yaml").is_file():
+        try:
+            old_suite = load_suite(out / "suite.yaml")
+            old_runs = {spec.key: spec for spec in old_suite.runs()}
+        except ConfigError as e:
+            raise ConfigError(f"suite: cannot read the suite already in {out}: {e}") from None
+        for spec in suite.runs():
+            recorded = recorded_config(spec.run_dir(out))
+            if spec.key in selected or spec.key not in old_runs or recorded is None:
+                continue
+            compare(spec, old_runs[spec.key].config, spec.config, recorded[0])
+    if not changed:
+        return
+    lines = []
+    for changes, keys in changed.items():
+        named = ", ".join(keys[:LISTED]) + (
+            f" and {len(keys) - LISTED} more" if keys[LISTED:] else ""
+        )
+        lines.append(f"  {len(keys)} run(s): {named}")
+        lines += [f"    {change}" for change in changes]
+    raise ConfigError(
+        f"suite: {out} holds runs made with other settings than this suite now gives "
+        "them (old -> new):\n" + "\n".join(lines) + "\nNothing was run or written. Use a "
+        "new --out for the changed suite, or delete those runs' folders to run them again "
+        "with the new settings."
+    )
+
+
+def check_envs(runs: list[RunSpec]) -> None:
+    """Make and close one env per distinct env config of ``runs``, so that a wrong id,
+    module or kwarg stops the suite before any run starts, with make_env's message."""
+    from xlstm_rl.envs import make_env
+
+    seen = set()
+    for spec in runs:
+        env = load_config(spec.config).env
+        key = (env.id, env.module, json.dumps(env.kwargs, sort_keys=True, default=str))
+        if key in seen:
+            continue
+        seen.add(key)
+        try:
+            made = make_env(env.id, env_module=env.module, **env.kwargs)
+        except Exception as e:  # id, module, kwarg or the env's own check: all one message
+            raise ConfigError(f"suite: env {spec.env!r} cannot be made: {e}") from e
+        made.close()
+
+
+def _to_run(spec: RunSpec, out: Path, retry_failed: bool) -> bool:
+    """Whether the run is to be run: not finished, or failed and ``retry_failed``."""
+    result = read_result(spec.run_dir(out))
+    return result is None or (retry_failed and result.get("status") == "failed")
+
+
+def _prepare(spec: RunSpec, suite: SuiteSpec, out: Path) -> None:
+    """Write the run's config; a failed run being retried starts afresh."""
+    run_dir = spec.run_dir(out)
+    if read_result(run_dir) is not None:
+        (run_dir / "result.json").unlink()
+        shutil.rmtree(run_dir / "train", ignore_errors=True)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    config = run_config(spec, suite, out)
     (run_dir / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
-    return True
 
 
 def _run_one(spec: RunSpec, out: Path) -> dict[str, Any]:
@@ -108,6 +234,24 @@ def _run_one(spec: RunSpec, out: Path) -> dict[str, Any]:
     return result
 
 
+def _write_suite_file(suite: SuiteSpec, source: Path | None, out: Path) -> None:
+    target = out / "suite.yaml"
+    if source is None:
+        target.write_text(yaml.safe_dump(dataclasses.asdict(suite), sort_keys=False))
+    elif not (target.is_file() and os.path.samefile(source, target)):
+        shutil.copyfile(source, target)
+
+
+def _not_in_matrix(suite: SuiteSpec, out: Path) -> list[str]:
+    """Keys of the runs with a result under ``out`` that the suite's matrix lacks."""
+    keys = {spec.key for spec in suite.runs()}
+    found = (
+        "/".join(p.parent.relative_to(out / "runs").parts)
+        for p in out.glob("runs/*/*/*/result.json")
+    )
+    return sorted(key for key in found if key not in keys)
+
+
 def run_suite(
     suite: str | os.PathLike | SuiteSpec,
     out: str | os.PathLike | None = None,
@@ -125,6 +269,8 @@ def run_suite(
     ``overrides`` (dotted keys) apply to every run, after the suite's own; ``out``
     defaults to ``runs/suites/<name>``. ``envs``, ``cores`` and ``seeds`` run only part
     of the matrix (None: all); the report still covers every finished run under ``out``.
+    Every run's config and env are checked before anything is written, and so are the
+    settings of runs already under ``out`` (see ``check_unchanged``).
     """
     if workers < 1:
         raise ValueError(f"workers must be >= 1, got {workers}")
@@ -132,23 +278,32 @@ def run_suite(
     if not isinstance(suite, SuiteSpec):
         source = Path(suite)
         suite = load_suite(source)
-    selected = suite.subset(envs, cores, seeds)  # a bad name fails before anything is written
+    # a bad name, key, value, env or changed setting fails before anything is written
+    runs = suite.subset(envs, cores, seeds).runs(overrides)
     out = Path(out) if out is not None else Path("runs/suites") / suite.name
+    check_unchanged(runs, suite, out, retry_failed)
+    check_envs(runs)
     out.mkdir(parents=True, exist_ok=True)
-    if source is not None:
-        shutil.copyfile(source, out / "suite.yaml")
-    else:
-        data = dataclasses.asdict(suite)
-        (out / "suite.yaml").write_text(yaml.safe_dump(data, sort_keys=False))
+    _write_suite_file(suite, source, out)
 
     outcome = SuiteOutcome(out=out)
     todo = []
-    for spec in selected.runs(overrides):
-        if _prepare(spec, suite, out, retry_failed):
+    for spec in runs:
+        if _to_run(spec, out, retry_failed):
+            _prepare(spec, suite, out)
             todo.append(spec)
         else:
             outcome.skipped.append(spec.key)
-    echo(f"suite {suite.name}: {len(todo)} runs to do, {len(outcome.skipped)} finished, in {out}")
+            if read_result(spec.run_dir(out)).get("status") == "failed":
+                outcome.failed.append(spec.key)
+    failed_before = f" ({len(outcome.failed)} failed)" if outcome.failed else ""
+    echo(
+        f"suite {suite.name}: {len(todo)} runs to do, {len(outcome.skipped)} finished"
+        f"{failed_before}, in {out}"
+    )
+    outside = _not_in_matrix(suite, out)
+    if outside:
+        echo(f"not in this suite's matrix, so left out of its report: {', '.join(outside)}")
     with ThreadPoolExecutor(max_workers=workers) as pool:
         futures = {pool.submit(_run_one, spec, out): spec for spec in todo}
         for done, future in enumerate(as_completed(futures), 1):
@@ -161,6 +316,14 @@ def run_suite(
                 final = result.get("final_eval") or {}
                 summary = f"eval return {final['return_mean']:.3f}" if final else "no eval"
                 echo(f"[{done}/{len(todo)}] {spec.key}: {summary} ({result['wall_time_s']} s)")
+    if outcome.failed:
+        retry = "" if retry_failed else "; --retry-failed reruns them"
+        echo(
+            f"suite {suite.name}: {len(outcome.failed)} of {len(runs)} runs failed "
+            f"({', '.join(sorted(outcome.failed))}){retry}"
+        )
+    else:
+        echo(f"suite {suite.name}: {len(runs)} runs, none failed")
     if report:
         from xlstm_rl.suite.report import build_report
 

@@ -126,8 +126,12 @@ class SuiteSpec:
                     data = apply_overrides(data, self.core_overrides.get(core, {}))
                     data = apply_overrides(data, overrides or {})
                     data["seed"] = seed
-                    load_config(data)  # a bad key fails here, before any run starts
-                    runs.append(RunSpec(env.name, core, seed, data))
+                    spec = RunSpec(env.name, core, seed, data)
+                    try:  # a bad key or value fails here, before any run starts
+                        load_config(data)
+                    except ConfigError as e:
+                        raise ConfigError(f"suite: run {spec.key}: {e}") from None
+                    runs.append(spec)
         return runs
 
     def subset(
@@ -167,30 +171,66 @@ def _check(ok: bool, message: str) -> None:
         raise ConfigError(f"suite: {message}")
 
 
+def _list_of(key: str, value: Any, kind: type) -> list:
+    """``value`` if it is a list of ``kind`` (bools are not ints); ConfigError naming ``key``."""
+    _check(isinstance(value, list), f"{key} must be a list of {kind.__name__}s, got {value!r}")
+    for item in value:
+        _check(
+            isinstance(item, kind) and not isinstance(item, bool),
+            f"{key} must be a list of {kind.__name__}s, got {item!r} in {value!r}",
+        )
+    return list(value)
+
+
+def _mapping(key: str, value: Any) -> dict:
+    _check(isinstance(value, dict), f"{key} must be a mapping, got {value!r}")
+    return value
+
+
 def suite_from_dict(data: dict[str, Any]) -> SuiteSpec:
     _check(isinstance(data, dict), "a suite file must be a mapping")
     unknown = set(data) - set(SUITE_KEYS)
     _check(not unknown, f"unknown keys {sorted(unknown)}; valid: {', '.join(SUITE_KEYS)}")
     envs = []
-    for entry in data.get("envs") or []:
-        _check(isinstance(entry, dict), f"an env entry must be a mapping, got {entry!r}")
+    for entry in _list_of("envs", data.get("envs") or [], dict):
         bad = set(entry) - set(ENV_KEYS)
         _check(not bad, f"unknown env keys {sorted(bad)}; valid: {', '.join(ENV_KEYS)}")
-        _check("id" in entry, f"env entry {entry} has no id")
+        _check(isinstance(entry.get("id"), str), f"env entry {entry} needs an id (a string)")
         name = entry.get("name") or entry["id"].replace("/", "-")
-        envs.append(
-            EnvEntry(name, entry["id"], entry.get("kwargs") or {}, entry.get("overrides") or {})
-        )
+        _check(isinstance(name, str), f"env name must be a string, got {name!r}")
+        kwargs = _mapping(f"env {name!r} kwargs", entry.get("kwargs") or {})
+        overrides = _mapping(f"env {name!r} overrides", entry.get("overrides") or {})
+        envs.append(EnvEntry(name, entry["id"], kwargs, overrides))
     fields = {k: v for k, v in data.items() if k != "envs" and v is not None}
-    fields["cores"] = list(fields.get("cores", []))
-    fields["seeds"] = [int(s) for s in fields.get("seeds", [])]
+    fields["cores"] = _list_of("cores", fields.get("cores", []), str)
+    fields["seeds"] = _list_of("seeds", fields.get("seeds", []), int)
+    for key in ("base", "core_overrides", "solve"):
+        if key in fields:
+            _mapping(key, fields[key])
+    for core, overrides in fields.get("core_overrides", {}).items():
+        _mapping(f"core_overrides of {core!r}", overrides)
+    mmer_window = fields.get("mmer_window", 1)
+    _check(
+        isinstance(mmer_window, int) and not isinstance(mmer_window, bool),
+        f"mmer_window must be an int, got {mmer_window!r}",
+    )
     fields.setdefault("name", "suite")
+    _check(isinstance(fields["name"], str), f"name must be a string, got {fields['name']!r}")
     return SuiteSpec(envs=envs, **fields)
 
 
 def load_suite(path: str | os.PathLike) -> SuiteSpec:
-    """A SuiteSpec from a YAML file; ConfigError naming the problem if it is malformed."""
+    """A SuiteSpec from a YAML file; ConfigError naming the file (and the line, for YAML
+    that does not parse) and the problem if it is malformed."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"suite file not found: {path}")
-    return suite_from_dict(yaml.safe_load(path.read_text()) or {})
+    try:
+        with path.open() as f:  # read from the file, yaml's message names it
+            data = yaml.safe_load(f)
+    except yaml.YAMLError as e:  # the message gives the line and column
+        raise ConfigError(f"{path} is not valid YAML: {e}") from None
+    try:
+        return suite_from_dict(data or {})
+    except ConfigError as e:
+        raise ConfigError(f"{path}: {e}") from None
