@@ -29,9 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from xlstm_rl.config import ConfigError, apply_overrides, load_config
+from xlstm_rl.config import ConfigError, apply_overrides, load_config, load_yaml
 
 SUITE_KEYS = (
     "name",
@@ -225,11 +223,7 @@ def load_suite(path: str | os.PathLike) -> SuiteSpec:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"suite file not found: {path}")
-    try:
-        with path.open() as f:  # read from the file, yaml's message names it
-            data = yaml.safe_load(f)
-    except yaml.YAMLError as e:  # the message gives the line and column
-        raise ConfigError(f"{path} is not valid YAML: {e}") from None
+    data = load_yaml(path)
     try:
         return suite_from_dict(data or {})
     except ConfigError as e:
