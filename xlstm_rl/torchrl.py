@@ -164,7 +164,12 @@ class MemoryModule(TensorDictModuleBase):
             flat = flat.flatten(0, -2) if flat.ndim > 2 else flat  # (B, T)
         else:
             flat = tensordict.reshape(-1)  # (B,)
-        x = flat.get(self.in_key)
+        x = flat.get(self.in_key, None)
+        if x is None:
+            raise KeyError(
+                f"MemoryModule reads its input at in_key {self.in_key}, which the tensordict "
+                f"lacks; it has {', '.join(sorted(map(str, flat.keys(True, True))))}"
+            )
         is_init = flat.get(self.is_init_key, None)
         if is_init is None:
             raise KeyError(

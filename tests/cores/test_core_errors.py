@@ -117,6 +117,9 @@ def test_unknown_core_and_options():
         build_core("xlstm", 5, 16, colour="red")
     with pytest.raises(ValueError, match="pattern"):
         build_core("xlstm", 5, 16, pattern="mxs")
+    for name in ("mlstm", "slstm"):  # the option the user gave, not the pattern made of it
+        with pytest.raises(ValueError, match="num_blocks must be an int >= 1, got 0"):
+            build_core(name, 5, 16, num_blocks=0)
     with pytest.raises(ValueError, match="not divisible by num_heads"):
         build_core("mlstm", 5, 18, num_heads=4)
     with pytest.raises(ValueError, match="conv_skip needs the conv"):

@@ -91,6 +91,10 @@ def test_mlstm_sequence_wrong_rank_names_the_expected_shape():
         mlstm_sequence(q, k, v, i[..., None], f)
     with pytest.raises(ValueError, match=r"f must have shape \(B=2, H=3, T=5\)"):
         mlstm_sequence(q, k, v, i, f[:1])
+    # q, k, v in the (B, T, H, D) layout: the sizes expected of i come from q, so say so
+    qt, kt, vt = (x.transpose(1, 2) for x in (q, k, v))
+    with pytest.raises(ValueError, match=r"read off q, taken as \(B, H, T, Dk\) = \(2, 5, 3, 4\)"):
+        mlstm_sequence(qt, kt, vt, i, f)
 
 
 def test_mlstm_step_wrong_shapes_name_the_expected_shape():

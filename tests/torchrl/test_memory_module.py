@@ -231,6 +231,8 @@ def test_errors():
     td = episodes(module)
     with pytest.raises(KeyError, match="InitTracker"):
         module(td.exclude("is_init")[:, 0])
+    with pytest.raises(KeyError, match="in_key obs, which the tensordict lacks; it has"):
+        module(td.exclude("obs")[:, 0])
     with pytest.raises(KeyError, match="missing"):
         module(td.exclude(("recurrent_state", "c"))[:, 0])
     with set_recurrent_mode(True), pytest.raises(ValueError, match="time dim"):

@@ -94,10 +94,16 @@ class XLSTMCore(MemoryCore):
         return self._run(x, state, reset, "step")
 
 
+def _check_num_blocks(num_blocks) -> None:
+    if isinstance(num_blocks, bool) or not isinstance(num_blocks, int) or num_blocks < 1:
+        raise ValueError(f"num_blocks must be an int >= 1, got {num_blocks!r}")
+
+
 class MLSTMCore(XLSTMCore):
     """A residual stack of mLSTM blocks."""
 
     def __init__(self, input_size: int, hidden_size: int, num_blocks: int = 1, **block_options):
+        _check_num_blocks(num_blocks)
         super().__init__(
             XLSTMConfig(input_size, hidden_size, "m" * num_blocks, mlstm=block_options)
         )
@@ -107,6 +113,7 @@ class SLSTMCore(XLSTMCore):
     """A residual stack of sLSTM blocks."""
 
     def __init__(self, input_size: int, hidden_size: int, num_blocks: int = 1, **block_options):
+        _check_num_blocks(num_blocks)
         super().__init__(
             XLSTMConfig(input_size, hidden_size, "s" * num_blocks, slstm=block_options)
         )

@@ -20,15 +20,16 @@ def check_float(name: str, x: torch.Tensor) -> None:
         )
 
 
-def check_shape(name: str, x: torch.Tensor, expected: tuple, names: str) -> None:
-    """`expected` holds ints, with None where any size is fine; `names` spells them out."""
+def check_shape(name: str, x: torch.Tensor, expected: tuple, names: str, hint: str = "") -> None:
+    """`expected` holds ints, with None where any size is fine; `names` spells them out;
+    `hint` (where the expected sizes come from) ends the message."""
     ok = x.dim() == len(expected) and all(e is None or e == s for e, s in zip(expected, x.shape))
     if not ok:
         want = ", ".join(
             f"{n}={e}" if e is not None and not n.isdigit() else n
             for n, e in zip(names.split(), expected)
         )
-        raise ValueError(f"{name} must have shape ({want}), got {tuple(x.shape)}")
+        raise ValueError(f"{name} must have shape ({want}), got {tuple(x.shape)}{hint}")
 
 
 def check_mask(name: str, mask: torch.Tensor | None, expected: tuple, names: str) -> None:
@@ -62,20 +63,23 @@ def check_mlstm_inputs(q, k, v, i, f, *, time_axis: bool) -> tuple[int, ...]:
     if time_axis:
         check_shape("q", q, (None,) * 4, "B H T Dk")
         B, H, T, Dk = q.shape
-        check_shape("k", k, (B, H, T, Dk), "B H T Dk")
-        check_shape("v", v, (B, H, T, None), "B H T Dv")
+        # the sizes come from q: a q in another layout, e.g. (B, T, H, Dk), shows up here
+        hint = f" (B, H, T read off q, taken as (B, H, T, Dk) = {tuple(q.shape)})"
+        check_shape("k", k, (B, H, T, Dk), "B H T Dk", hint)
+        check_shape("v", v, (B, H, T, None), "B H T Dv", hint)
         Dv = v.shape[-1]
-        check_shape("i", i, (B, H, T), "B H T")
-        check_shape("f", f, (B, H, T), "B H T")
+        check_shape("i", i, (B, H, T), "B H T", hint)
+        check_shape("f", f, (B, H, T), "B H T", hint)
     else:
         check_shape("q", q, (None,) * 3, "B H Dk")
         B, H, Dk = q.shape
         T = 1
-        check_shape("k", k, (B, H, Dk), "B H Dk")
-        check_shape("v", v, (B, H, None), "B H Dv")
+        hint = f" (B, H read off q, taken as (B, H, Dk) = {tuple(q.shape)})"
+        check_shape("k", k, (B, H, Dk), "B H Dk", hint)
+        check_shape("v", v, (B, H, None), "B H Dv", hint)
         Dv = v.shape[-1]
-        check_shape("i", i, (B, H), "B H")
-        check_shape("f", f, (B, H), "B H")
+        check_shape("i", i, (B, H), "B H", hint)
+        check_shape("f", f, (B, H), "B H", hint)
     if not (q.dtype == k.dtype == v.dtype):
         raise TypeError(f"q, k, v must share a dtype, got {q.dtype}, {k.dtype}, {v.dtype}")
     return B, H, T, Dk, Dv
