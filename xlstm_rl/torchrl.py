@@ -29,6 +29,8 @@ values exact.
 
 from __future__ import annotations
 
+import warnings
+
 import torch
 from tensordict import TensorDict, TensorDictBase, unravel_key
 from tensordict.nn import TensorDictModuleBase, dispatch
@@ -94,6 +96,7 @@ class MemoryModule(TensorDictModuleBase):
         self.out_key = unravel_key(out_key)
         self.state_key = _as_tuple(state_key)
         self.is_init_key = unravel_key(is_init_key)
+        self._state_dropped_warned = False
         self._recurrent_mode = default_recurrent_mode
         example = core.initial_state(1)
         self.state_leaves = [
@@ -182,14 +185,30 @@ class MemoryModule(TensorDictModuleBase):
             y, final = self._sequence(x, resets, stored)
             new_state = self._at_last_step(flat, final)
         else:
-            state = stored if stored is not None else self.core.initial_state(len(x), x.device)
-            y, new_state = self.core.step(x, state, resets)
+            if stored is None:
+                self._warn_state_dropped(resets)
+                stored = self.core.initial_state(len(x), x.device)
+            y, new_state = self.core.step(x, stored, resets)
         out = TensorDict(batch_size=flat.shape)
         out.set(self.out_key, y)
         for leaf, key in zip(self.state_leaves, self.state_out_keys):
             out.set(key, new_state.get(leaf))
         tensordict.update(out.reshape(shape))
         return tensordict
+
+    def _warn_state_dropped(self, resets: torch.Tensor) -> None:
+        """A step without a state that is not an episode start: the state written at the
+        last step was not carried here (an env without the primer drops it). Once."""
+        if self._state_dropped_warned or not self.state_leaves or bool(resets.all()):
+            return
+        self._state_dropped_warned = True
+        warnings.warn(
+            "MemoryModule got no recurrent state at a step that is not an episode start "
+            "(is_init False): the state written at the last step did not come back, so "
+            "every step starts from the initial state. Append module.make_tensordict_primer() "
+            "to the environment (next to InitTracker) so that step_mdp carries the state.",
+            stacklevel=3,
+        )
 
     def _at_last_step(self, flat: TensorDictBase, final: TensorDict) -> TensorDict:
         """The ("next", ...) states (B, T): the final state at the last step, and at the

@@ -1,6 +1,8 @@
 """MemoryModule alone: recurrent mode == step mode (resets mid-row, rows that start
 mid-episode, extra batch dims), key layout, primer specs, modes and errors."""
 
+import warnings
+
 import pytest
 import torch
 from tensordict import TensorDict
@@ -142,7 +144,22 @@ def test_missing_state_means_initial_state(name):
     with set_recurrent_mode(True):
         torch.testing.assert_close(module(td.clone())["features"], module(zeros)["features"])
     step = td[:, 3].clone()
-    torch.testing.assert_close(module(step)["features"], module(zeros[:, 3].clone())["features"])
+    assert not step["is_init"].all()
+    # a step without a state that is no episode start: the primer is missing, say so
+    # once (the memoryless core has no state to miss)
+    if module.state_leaves:
+        with pytest.warns(UserWarning, match="make_tensordict_primer"):
+            dropped = module(step)["features"]
+    else:
+        dropped = module(step)["features"]
+    torch.testing.assert_close(dropped, module(zeros[:, 3].clone())["features"])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        module(step)  # once per module
+        fresh = make(name)
+        starts = step.clone()
+        starts["is_init"] = torch.ones_like(starts["is_init"])
+        fresh(starts)  # episode starts need no state
 
 
 @pytest.mark.parametrize("name", NAMES)
