@@ -89,7 +89,8 @@ def main() -> None:
     print(
         f"Acting cost, ms per step for B = {args.batch}, hidden {args.hidden}, "
         f"{args.threads} thread(s), {platform.processor() or platform.machine()}; "
-        f"torch {torch.__version__}. Default options (transformer: memory_len 64).\n"
+        f"torch {torch.__version__}. Default options"
+        f"{' (transformer: memory_len 64)' if 'transformer' in args.cores else ''}.\n"
     )
     header = [f"t = {d:,}" for d in DEPTHS]
     print("| core | " + " | ".join(header) + " | state bytes/row |")
@@ -101,6 +102,8 @@ def main() -> None:
         print(f"| {name} | {cells} | {nbytes:,} |", flush=True)
         print(f"{name}: {time.perf_counter() - start:.0f} s", file=sys.stderr, flush=True)
 
+    if "transformer" not in args.cores:
+        return
     print("\nTransformer at full cache, by window W (memory_len): ms per step, state per row.\n")
     print("| W | ms per step | state bytes/row |")
     print("| --- | --- | --- |")

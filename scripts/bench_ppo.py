@@ -149,10 +149,15 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=1, help="seed of every run, RecurrentPPO's too")
     parser.add_argument("--device", default="cpu", help="our agents' device (cpu, cuda)")
     parser.add_argument(
-        "--num-envs", type=int, default=NUM_ENVS, help="our agents' envs (RecurrentPPO keeps 8)"
+        "--num-envs",
+        type=int,
+        default=NUM_ENVS,
+        help="our agents' envs, a multiple of 4 (RecurrentPPO keeps 8)",
     )
     parser.add_argument("--json", help="also write the rows here")
     args = parser.parse_args()
+    if args.num_envs < 4 or args.num_envs % 4:
+        parser.error(f"--num-envs must be a multiple of 4 (the 4 minibatches), got {args.num_envs}")
     modes = {"off": [False], "on": [True], "both": [False, True]}[args.compile]
 
     rows = []

@@ -134,7 +134,7 @@ def probe(spec: str, length: int, seed: int, args) -> tuple[int | None, float, f
             cue_grad = model.cue_weight.grad[:, :2].pow(2).mean().sqrt().item()
         nn.utils.clip_grad_norm_(model.parameters(), args.max_grad_norm)
         optimizer.step()
-        if step % CHECK_EVERY == 0:
+        if step % CHECK_EVERY == 0 or step == args.max_steps:  # the last step counts too
             with torch.no_grad():
                 accuracy = (model(held_out[0]).argmax(-1) == held_out[1]).float().mean().item()
             if accuracy >= SOLVED:
@@ -164,7 +164,10 @@ def main(argv: list[str] | None = None) -> int:
         if getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
     for spec in args.cores:
-        build_model(spec, args)  # bad names and options fail before any run
+        try:
+            build_model(spec, args)  # bad names and options fail before any run
+        except (ValueError, TypeError) as e:
+            parser.error(f"--cores {spec}: {e}")
     if args.threads:
         torch.set_num_threads(args.threads)
 

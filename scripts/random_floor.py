@@ -23,6 +23,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("suite", help="suite YAML")
     parser.add_argument("--episodes", type=int, default=RANDOM_EPISODES)
     args = parser.parse_args(argv)
+    if args.episodes < 1:
+        parser.error(f"--episodes must be >= 1, got {args.episodes}")
     suite = load_suite(args.suite)
     module = (suite.base.get("env") or {}).get("module")
     print(f"random policy, {args.episodes} episodes per env, suite {suite.name}")

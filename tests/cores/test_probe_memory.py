@@ -39,10 +39,17 @@ def test_core_specs_parse_options_as_yaml_and_reject_malformed_ones():
     assert parse("mlstm:{fgate_bias: [3, 9]}") == ("mlstm", {"fgate_bias": [3, 9]})
     with pytest.raises(ValueError, match="must be a YAML mapping"):
         parse("gru:update_bias")
-    with pytest.raises(ValueError, match="unknown core"):
-        SCRIPT["main"](["--cores", "mlstm", "nope", "--lengths", "2"])
-    with pytest.raises(ValueError, match="update_bias"):
-        SCRIPT["main"](["--cores", "lstm:{update_bias: 4}", "--lengths", "2"])
+
+
+def test_bad_cores_are_usage_errors(capsys):
+    for spec, message in (
+        ("nope", "unknown core 'nope'"),
+        ("lstm:{update_bias: 4}", "update_bias"),
+    ):
+        with pytest.raises(SystemExit):
+            SCRIPT["main"](["--cores", "mlstm", spec, "--lengths", "2"])
+        err = capsys.readouterr().err
+        assert f"--cores {spec}: " in err and message in err
 
 
 def test_the_policy_network_probe_learns_a_short_corridor_through_the_agents_policy(capsys):
