@@ -1,6 +1,7 @@
 """Configs: YAML over defaults, CLI overrides, and clear errors for bad keys and values."""
 
 import json
+import warnings
 from pathlib import Path
 
 import pytest
@@ -224,7 +225,14 @@ def test_policy_head_sizes_are_checked(key, value, message):
         load_config({}, {key: value})
 
 
-def test_a_budget_that_is_not_whole_updates_says_what_runs(tmp_path):
+def test_a_budget_far_from_whole_updates_says_what_runs(tmp_path):
     config = tiny_config(tmp_path, total_steps=4 * 16 * 2 + 10, eval_episodes=0)
     with pytest.warns(UserWarning, match="training runs 2 updates, 128 env steps"):
         assert train(config, progress=False).global_step == 128
+    small = tiny_config(tmp_path, total_steps=16, eval_episodes=0)  # less than one update
+    with pytest.warns(UserWarning, match="training runs 1 update, 64 env steps"):
+        assert train(small, progress=False).global_step == 64
+    near = tiny_config(tmp_path, total_steps=4 * 16 * 30 + 10, eval_episodes=0)  # 0.5% off
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)
+        assert train(near, progress=False).global_step == 4 * 16 * 30

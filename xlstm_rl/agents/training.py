@@ -272,12 +272,19 @@ def _train(config, payload, resume, world, device, progress) -> TrainResult:
     checkpoint_path = run_dir / "checkpoint.pt"
     steps_per_update = config.steps_per_update * world.size
     num_updates = max(1, config.total_steps // steps_per_update)
-    if world.is_main and payload is None and num_updates * steps_per_update != config.total_steps:
+    run_steps = num_updates * steps_per_update
+    # budgets are floored to whole updates, as in CleanRL; say so only where it matters
+    # (a round 1,000,000 at 2,048 steps an update runs 999,424: not worth a word)
+    if (
+        world.is_main
+        and payload is None
+        and abs(run_steps - config.total_steps) > 0.05 * config.total_steps
+    ):
         warnings.warn(
             f"total_steps {config.total_steps:,} is not a whole number of updates of "
             f"{steps_per_update:,} env steps (env.num_envs x ppo.rollout_len"
             f"{' x processes' if world.size > 1 else ''}): training runs {num_updates} "
-            f"updates, {num_updates * steps_per_update:,} env steps",
+            f"update{'s' if num_updates != 1 else ''}, {run_steps:,} env steps",
             stacklevel=2,
         )
     bar = tqdm(
