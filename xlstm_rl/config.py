@@ -141,7 +141,7 @@ class PPOConfig:
     lr: float = 2.5e-4
     adam_eps: float = 1e-5  # CleanRL's; long memories need smaller (docs/results.md)
     anneal_lr: bool = True
-    target_kl: float | None = None
+    target_kl: float | None = None  # stop the update after an epoch whose mean approx_kl exceeds it
     norm_adv: bool = True
 
     def __post_init__(self):
@@ -214,6 +214,18 @@ class TrainConfig:
                 f"env.num_envs ({self.env.num_envs}) must be divisible by "
                 f"ppo.num_minibatches ({self.ppo.num_minibatches}): minibatches are sets of envs",
             )
+        # advantages are normalised over each minibatch (A2C: the whole rollout); the
+        # standard deviation of a single step is NaN
+        per_minibatch = self.steps_per_update // (
+            self.ppo.num_minibatches if self.algo == "ppo" else 1
+        )
+        _require(
+            not self.ppo.norm_adv or per_minibatch >= 2,
+            f"ppo.norm_adv needs at least 2 steps per minibatch to normalise over, got "
+            f"{per_minibatch} (env.num_envs {self.env.num_envs} / ppo.num_minibatches "
+            f"{self.ppo.num_minibatches} x ppo.rollout_len {self.ppo.rollout_len}); "
+            "set ppo.norm_adv false or use more envs or steps",
+        )
 
     @property
     def steps_per_update(self) -> int:

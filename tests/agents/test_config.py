@@ -60,6 +60,10 @@ def test_defaults_and_yaml_and_overrides(tmp_path):
         ({"algo": "dqn"}, r"algo must be one of \('ppo', 'a2c'\)"),
         ({"env": "cartpole"}, r"env must be a mapping"),
         ({"seed": None}, r"seed cannot be None"),
+        (
+            {"env": {"num_envs": 2}, "ppo": {"num_minibatches": 2, "rollout_len": 1}},
+            r"norm_adv needs at least 2 steps per minibatch.*got 1",
+        ),
     ],
 )
 def test_bad_configs_name_the_key(data, message):

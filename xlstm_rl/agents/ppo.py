@@ -139,9 +139,9 @@ def update(
                 with distributed.accumulate_locally(policy, skip_sync=chunk.stop < T):
                     loss, stats = loss_terms(policy, part, chunk_state, config)
                 if not torch.isfinite(loss):  # stop here: one NaN step would poison the weights
-                    terms = ", ".join(f"{k}={float(stats[k]):.4g}" for k in list(stats)[:3])
+                    terms = ", ".join(f"{k}={stats[k].item():.4g}" for k in list(stats)[:3])
                     raise FloatingPointError(
-                        f"non-finite loss {float(loss)} at optimiser step {len(history) + 1} "
+                        f"non-finite loss {loss.item()} at optimiser step {len(history) + 1} "
                         f"of this update ({terms})"
                     )
                 if len(chunks) == 1:  # the common case: no weighting ops to run
