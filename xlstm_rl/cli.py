@@ -116,7 +116,9 @@ def build_parser() -> argparse.ArgumentParser:
     train.set_defaults(run=_train, on_interrupt="")  # main() says which checkpoint
 
     evaluate = commands.add_parser("evaluate", help="evaluate a checkpoint on held-out seeds")
-    evaluate.add_argument("checkpoint", type=Path, help="checkpoint file or its run folder")
+    evaluate.add_argument(
+        "checkpoint", type=Path, help="checkpoint file, its run folder, or a suite run's folder"
+    )
     evaluate.add_argument(
         "--episodes", type=int, help="default: the run's eval_episodes (100 if it had none)"
     )

@@ -1,4 +1,7 @@
-"""The random-policy floor that suite reports put beside each environment."""
+"""Evaluation: the random-policy floor that suite reports put beside each environment, and
+evaluate_checkpoint on files and run folders."""
+
+import shutil
 
 import pytest
 
@@ -40,5 +43,10 @@ def test_evaluate_checkpoint_reads_run_folders_and_checks_its_arguments(tmp_path
         evaluate_checkpoint(result.checkpoint, seed=-1)
     with pytest.raises(ValueError, match="device must be 'cpu', 'cuda\\[:N\\]'"):
         evaluate_checkpoint(result.checkpoint, device="gpu0")
-    with pytest.raises(FileNotFoundError, match="no checkpoint.pt in the folder"):
+    # a suite run's folder holds the run under train/
+    suite_run = tmp_path / "suite_run"
+    (suite_run / "train").mkdir(parents=True)
+    shutil.copy(result.checkpoint, suite_run / "train" / "checkpoint.pt")
+    assert evaluate_checkpoint(suite_run, episodes=2)["episodes"] == 2
+    with pytest.raises(FileNotFoundError, match="no checkpoint.pt .* in the folder"):
         evaluate_checkpoint(tmp_path)

@@ -51,12 +51,14 @@ def save_checkpoint(path: str | os.PathLike, payload: dict[str, Any]) -> Path:
 
 
 def checkpoint_file(path: str | os.PathLike) -> Path:
-    """The checkpoint file at ``path``: the file itself, or a run folder's checkpoint.pt."""
+    """The checkpoint file at ``path``: the file itself, a run folder's checkpoint.pt, or a
+    suite run folder's train/checkpoint.pt."""
     path = Path(path)
     if path.is_dir():
-        if not (path / "checkpoint.pt").is_file():
-            raise FileNotFoundError(f"no checkpoint.pt in the folder {path}")
-        return path / "checkpoint.pt"
+        for inside in (path / "checkpoint.pt", path / "train" / "checkpoint.pt"):
+            if inside.is_file():
+                return inside
+        raise FileNotFoundError(f"no checkpoint.pt (nor train/checkpoint.pt) in the folder {path}")
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint not found: {path}")
     return path
