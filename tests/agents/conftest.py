@@ -37,3 +37,17 @@ def make_collector(config, rollout_len=24, compile=False):
         envs.single_observation_space, envs.single_action_space, config.core, config.policy
     )
     return Collector(envs, policy, rollout_len, torch.device("cpu"), compile=compile), policy
+
+
+def interrupting_collect(at_call: int, error: type[BaseException], calls: list):
+    """A stand-in for ``Collector.collect`` that raises ``error`` on its ``at_call``-th
+    call, counted in ``calls`` (which a test may reset), and collects as usual otherwise."""
+    collect = Collector.collect
+
+    def stand_in(self):
+        calls.append(1)
+        if len(calls) == at_call:
+            raise error
+        return collect(self)
+
+    return stand_in

@@ -5,7 +5,7 @@ import dataclasses
 import pytest
 import torch
 
-from tests.agents.conftest import tiny_config
+from tests.agents.conftest import interrupting_collect, tiny_config
 from xlstm_rl.agents import checkpoint as ckpt
 from xlstm_rl.agents import train
 from xlstm_rl.agents.rollout import Collector
@@ -27,15 +27,8 @@ def test_resume_continues_exactly_as_the_uninterrupted_run(tmp_path, monkeypatch
     assert config.num_updates == 4 and config.checkpoint_every == 2
     full = train(dataclasses.replace(config, name="full"), progress=False)
 
-    collect, calls = Collector.collect, []
-
-    def collect_until_the_third_update(self):
-        calls.append(1)
-        if len(calls) == 3:  # after the checkpoint at update 2
-            raise Interrupted
-        return collect(self)
-
-    monkeypatch.setattr(Collector, "collect", collect_until_the_third_update)
+    # the third update fails, after the checkpoint at update 2
+    monkeypatch.setattr(Collector, "collect", interrupting_collect(3, Interrupted, []))
     with pytest.raises(Interrupted):
         train(dataclasses.replace(config, name="cut"), progress=False)
     monkeypatch.undo()

@@ -7,10 +7,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.agents.conftest import tiny_config
+from tests.agents.conftest import interrupting_collect, tiny_config
 from xlstm_rl.agents import train
 from xlstm_rl.agents.checkpoint import load_checkpoint
 from xlstm_rl.agents.policy import Policy
+from xlstm_rl.agents.rollout import Collector
 from xlstm_rl.cli import main
 from xlstm_rl.config import ConfigError, TrainConfig, load_config, parse_overrides
 from xlstm_rl.envs import make_env
@@ -92,20 +93,11 @@ def test_cli_errors_exit_with_the_message(tmp_path, capsys):
 
 
 def test_cli_ctrl_c_names_the_checkpoint_to_resume_from(tmp_path, capsys, monkeypatch):
-    from xlstm_rl.agents.rollout import Collector
-
     config = tiny_config(tmp_path, checkpoint_every=1)
     path = tmp_path / "tiny.yaml"
     path.write_text(json.dumps(config.to_dict()))
-    collect, calls = Collector.collect, []
-
-    def ctrl_c_in_the_second_update(self):
-        calls.append(1)
-        if len(calls) == 2:
-            raise KeyboardInterrupt
-        return collect(self)
-
-    monkeypatch.setattr(Collector, "collect", ctrl_c_in_the_second_update)
+    calls = []  # Ctrl-C in the second update
+    monkeypatch.setattr(Collector, "collect", interrupting_collect(2, KeyboardInterrupt, calls))
     checkpoint = tmp_path / "runs" / "test" / "checkpoint.pt"
     for calls_before, expected in (
         ([1], "no checkpoint was written yet"),  # Ctrl-C in the first update

@@ -18,7 +18,7 @@ import yaml
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from torch.nn.utils import parameters_to_vector
 
-from tests.agents.conftest import tiny_config
+from tests.agents.conftest import interrupting_collect, tiny_config
 from xlstm_rl.agents import checkpoint as ckpt
 from xlstm_rl.agents import train, training
 from xlstm_rl.agents.rollout import Collector
@@ -56,15 +56,8 @@ def _run_ranks(tmp_path: Path) -> None:
     full = train(dataclasses.replace(config, name="full"), progress=False)
     full_params = list(params)
 
-    collect, calls = Collector.collect, []
-
-    def collect_until_the_third_update(self):
-        calls.append(1)
-        if len(calls) == 3:
-            raise Interrupted
-        return collect(self)
-
-    Collector.collect = collect_until_the_third_update
+    collect = Collector.collect
+    Collector.collect = interrupting_collect(3, Interrupted, [])
     try:
         train(dataclasses.replace(config, name="cut"), progress=False)
     except Interrupted:
