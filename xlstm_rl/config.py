@@ -365,6 +365,25 @@ def load_config(
     return from_dict(TrainConfig, apply_overrides(data, overrides or {}))
 
 
+class _Unset:
+    def __repr__(self) -> str:
+        return "(unset)"
+
+
+UNSET = _Unset()  # a key one side of a config_diff lacks
+
+
+def config_diff(old: dict[str, Any], new: dict[str, Any]) -> dict[str, tuple[Any, Any]]:
+    """The dotted keys whose values differ between two nested config mappings, each with
+    (old, new); a key only one side has is ``UNSET`` on the other."""
+    old, new = flatten(old), flatten(new)
+    return {
+        key: (old.get(key, UNSET), new.get(key, UNSET))
+        for key in sorted(old.keys() | new.keys())
+        if old.get(key, UNSET) != new.get(key, UNSET)
+    }
+
+
 def flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     """A nested config mapping as dotted keys: ``{"ppo": {"lr": 1}}`` -> ``{"ppo.lr": 1}``.
     An empty mapping stays a value (``env.kwargs: {}``), so it compares with a filled one."""

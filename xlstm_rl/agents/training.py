@@ -43,7 +43,7 @@ from xlstm_rl.agents.evaluation import evaluate_policy
 from xlstm_rl.agents.policy import Policy
 from xlstm_rl.agents.ppo import update
 from xlstm_rl.agents.rollout import Collector, compute_advantages
-from xlstm_rl.config import TrainConfig, flatten, load_config
+from xlstm_rl.config import TrainConfig, config_diff, load_config
 from xlstm_rl.envs import make_vector_env
 
 
@@ -211,13 +211,11 @@ def _resumed_config(stored: dict[str, Any], checkpoint: Path, overrides: dict) -
     Overrides of what the checkpoint's state was built from are refused."""
     here = {"log_dir": str(checkpoint.parent.parent), "name": checkpoint.parent.name}
     config = load_config(stored, {**here, **overrides})
-    old, new = flatten(load_config(stored).to_dict()), flatten(config.to_dict())
     changed = [
-        f"{key} ({old.get(key)!r} -> {new.get(key)!r})"
-        for key in sorted(old.keys() | new.keys())
+        f"{key} ({old!r} -> {new!r})"
+        for key, (old, new) in config_diff(load_config(stored).to_dict(), config.to_dict()).items()
         if key.split(".")[0] in _FIXED_ON_RESUME
         and key != "env.asynchronous"  # how the envs step, not what they are
-        and old.get(key) != new.get(key)
     ]
     if changed:
         raise ValueError(

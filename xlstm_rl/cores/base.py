@@ -133,17 +133,15 @@ class MemoryCore(nn.Module):
                 f"{sorted(shapes)}, got {sorted(keys)}"
             )
         for key, shape in shapes.items():
-            got = state.get(tuple(key.split("/"))).shape[1:]
-            if got != torch.Size(shape):
+            leaf = state.get(tuple(key.split("/")))
+            if leaf.shape[1:] != torch.Size(shape):
                 raise ValueError(
-                    f"{cls}: state entry {key!r} has per-row shape {tuple(got)}, expected "
-                    f"{shape}; the state comes from a core of another size"
+                    f"{cls}: state entry {key!r} has per-row shape {tuple(leaf.shape[1:])}, "
+                    f"expected {shape}; the state comes from a core of another size"
                 )
-        for key in shapes:
-            got = state.get(tuple(key.split("/"))).device
-            if got != device:
+            if leaf.device != device:
                 raise ValueError(
-                    f"{cls}: state entry {key!r} is on {got} but x is on {device}; "
+                    f"{cls}: state entry {key!r} is on {leaf.device} but x is on {device}; "
                     f"move the state with state.to('{device}')"
                 )
 

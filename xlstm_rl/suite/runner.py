@@ -37,7 +37,7 @@ from typing import Any
 
 import yaml
 
-from xlstm_rl.config import ConfigError, flatten, load_config
+from xlstm_rl.config import ConfigError, config_diff, load_config
 from xlstm_rl.suite.spec import RunSpec, SuiteSpec, load_suite
 from xlstm_rl.suite.worker import write_json
 
@@ -98,24 +98,18 @@ def recorded_config(run_dir: Path) -> tuple[str, dict[str, Any]] | None:
 
 
 def _training_settings(config: dict[str, Any]) -> dict[str, Any]:
-    """The config's dotted keys as the run trains with them, defaults filled in."""
+    """The config as the run trains with it, defaults filled in."""
     data = {k: v for k, v in config.items() if k != "suite_run"}
     try:
-        data = load_config(data).to_dict()
+        return load_config(data).to_dict()
     except ConfigError:  # a config this version cannot read: compare what was written
-        pass
-    return {k: v for k, v in flatten(data).items() if k not in NOT_COMPARED}
+        return data
 
 
 def config_changes(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
     """``key: old -> new`` for every training setting that differs between two configs."""
-    old, new = _training_settings(old), _training_settings(new)
-    unset = "(unset)"
-    return [
-        f"{key}: {old.get(key, unset)!r} -> {new.get(key, unset)!r}"
-        for key in sorted(set(old) | set(new))
-        if old.get(key, unset) != new.get(key, unset)
-    ]
+    diff = config_diff(_training_settings(old), _training_settings(new))
+    return [f"{key}: {a!r} -> {b!r}" for key, (a, b) in diff.items() if key not in NOT_COMPARED]
 
 
 def check_unchanged(runs: list[RunSpec], suite: SuiteSpec, out: Path, retry_failed: bool) -> None:
@@ -186,16 +180,10 @@ def check_envs(runs: list[RunSpec]) -> None:
         made.close()
 
 
-def _to_run(spec: RunSpec, out: Path, retry_failed: bool) -> bool:
-    """Whether the run is to be run: not finished, or failed and ``retry_failed``."""
-    result = read_result(spec.run_dir(out))
-    return result is None or (retry_failed and result.get("status") == "failed")
-
-
-def _prepare(spec: RunSpec, suite: SuiteSpec, out: Path) -> None:
-    """Write the run's config; a failed run being retried starts afresh."""
+def _prepare(spec: RunSpec, suite: SuiteSpec, out: Path, fresh: bool) -> None:
+    """Write the run's config; ``fresh``: a failed run being retried starts afresh."""
     run_dir = spec.run_dir(out)
-    if read_result(run_dir) is not None:
+    if fresh:
         (run_dir / "result.json").unlink()
         shutil.rmtree(run_dir / "train", ignore_errors=True)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -289,12 +277,14 @@ def run_suite(
     outcome = SuiteOutcome(out=out)
     todo = []
     for spec in runs:
-        if _to_run(spec, out, retry_failed):
-            _prepare(spec, suite, out)
+        result = read_result(spec.run_dir(out))
+        failed = result is not None and result.get("status") == "failed"
+        if result is None or (retry_failed and failed):  # not finished, or to be retried
+            _prepare(spec, suite, out, fresh=result is not None)
             todo.append(spec)
         else:
             outcome.skipped.append(spec.key)
-            if read_result(spec.run_dir(out)).get("status") == "failed":
+            if failed:
                 outcome.failed.append(spec.key)
     failed_before = f" ({len(outcome.failed)} failed)" if outcome.failed else ""
     echo(
