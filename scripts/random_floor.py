@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 
 from xlstm_rl.agents.evaluation import evaluate_random
+from xlstm_rl.config import load_config
 from xlstm_rl.suite import load_suite
 from xlstm_rl.suite.report import RANDOM_EPISODES
 
@@ -26,13 +27,20 @@ def main(argv: list[str] | None = None) -> int:
     if args.episodes < 1:
         parser.error(f"--episodes must be >= 1, got {args.episodes}")
     suite = load_suite(args.suite)
-    module = (suite.base.get("env") or {}).get("module")
+    # each env as its runs make it: base, then the env's kwargs and overrides
+    runs = suite.runs()
     print(f"random policy, {args.episodes} episodes per env, suite {suite.name}")
     print("| env | random return (mean ± std) | random success | mean length |")
     print("| --- | ---: | ---: | ---: |")
     for env in suite.envs:
-        env_module = env.overrides.get("env.module", module)
-        floor = evaluate_random(env.id, args.episodes, env_module=env_module, env_kwargs=env.kwargs)
+        made = load_config(next(r for r in runs if r.env == env.name).config).env
+        floor = evaluate_random(
+            made.id,
+            args.episodes,
+            env_module=made.module,
+            env_kwargs=made.kwargs,
+            actions=made.actions,
+        )
         print(
             f"| {env.name} | {floor['return_mean']:.3f} ± {floor['return_std']:.3f} "
             f"| {floor['success_rate']:.3f} | {floor['length_mean']:.1f} |"

@@ -53,11 +53,29 @@ class EnvConfig:
     module: str | None = None  # imported first, so a user's own envs register
     kwargs: dict = field(default_factory=dict)
     asynchronous: bool | None = None  # None: make_vector_env decides (sync for cheap envs)
+    # keep only these actions of a Discrete action space, in this order (agent action j is
+    # the env's actions[j]); e.g. [0, 1, 2] (turn left, turn right, forward) for MiniGrid
+    # Memory, whose other four actions do nothing there. None: all of them
+    actions: list | None = None
 
     def __post_init__(self):
         _check_types(self, "env")
         _require(bool(self.id), "env.id must be a non-empty gymnasium id")
         _require(self.num_envs >= 1, f"env.num_envs must be >= 1, got {self.num_envs}")
+        if self.actions is not None:
+            _require(
+                bool(self.actions)
+                and all(isinstance(a, int) and not isinstance(a, bool) for a in self.actions)
+                and len(set(self.actions)) == len(self.actions),
+                f"env.actions must be a non-empty list of distinct ints (action indices), "
+                f"got {self.actions!r}",
+            )
+
+    def make(self):
+        """One env of this config (``make_env`` with its id, module, actions and kwargs)."""
+        from xlstm_rl.envs import make_env
+
+        return make_env(self.id, env_module=self.module, actions=self.actions, **self.kwargs)
 
 
 @dataclass
@@ -286,6 +304,14 @@ def _coerce(key: str, value: Any, hint: Any) -> Any:
                     continue
             if isinstance(value, dict):
                 return value
+        elif option is list:
+            if isinstance(value, str):
+                try:
+                    value = yaml.safe_load(value)
+                except yaml.YAMLError:
+                    continue
+            if isinstance(value, list | tuple):
+                return list(value)
     names = " or ".join("None" if o is type(None) else o.__name__ for o in options)
     raise ConfigError(f"{key} must be {names}, got {value!r}")
 

@@ -14,7 +14,6 @@ from xlstm_rl.agents.policy import Policy
 from xlstm_rl.agents.rollout import Collector
 from xlstm_rl.cli import main
 from xlstm_rl.config import ConfigError, TrainConfig, load_config, parse_overrides
-from xlstm_rl.envs import make_env
 
 CONFIGS = sorted((Path(__file__).parents[2] / "configs").glob("*.yaml"))
 
@@ -41,6 +40,8 @@ def test_defaults_and_yaml_and_overrides(tmp_path):
     assert config.ppo.lr == 3e-4 and config.seed == 7 and config.ppo.target_kl is None
     assert config.env.kwargs == {"corridor_length": 20} and config.ppo.clip_vloss is False
     assert load_config({"total_steps": 1e6}).total_steps == 1_000_000  # YAML's 1e6 is a float
+    # a list from the command line is YAML, like a dict
+    assert load_config({}, {"env.actions": "[0, 1, 2]"}).env.actions == [0, 1, 2]
     assert load_config(config) == config
 
 
@@ -61,6 +62,10 @@ def test_defaults_and_yaml_and_overrides(tmp_path):
         ({"algo": "dqn"}, r"algo must be one of \('ppo', 'a2c'\)"),
         ({"env": "cartpole"}, r"env must be a mapping"),
         ({"seed": None}, r"seed cannot be None"),
+        ({"env": {"actions": "left"}}, r"env.actions must be list or None, got 'left'"),
+        ({"env": {"actions": []}}, r"env.actions must be a non-empty list of distinct ints"),
+        ({"env": {"actions": [0, 0]}}, r"env.actions must be a non-empty list of distinct ints"),
+        ({"env": {"actions": [0, 1.5]}}, r"env.actions must be a non-empty list of distinct ints"),
         (
             {"env": {"num_envs": 2}, "ppo": {"num_minibatches": 2, "rollout_len": 1}},
             r"norm_adv needs at least 2 steps per minibatch.*got 1",
@@ -126,7 +131,7 @@ def test_cli_cuda_without_a_gpu_is_a_clear_error(tmp_path, capsys):
 def test_shipped_configs_load_and_build(path):
     # loading checks the keys; building the policy checks the core options too
     config = load_config(path)
-    env = make_env(config.env.id, env_module=config.env.module, **config.env.kwargs)
+    env = config.env.make()
     try:
         Policy(env.observation_space, env.action_space, config.core, config.policy)
     finally:

@@ -50,3 +50,15 @@ def test_evaluate_checkpoint_reads_run_folders_and_checks_its_arguments(tmp_path
     assert evaluate_checkpoint(suite_run, episodes=2)["episodes"] == 2
     with pytest.raises(FileNotFoundError, match="no checkpoint.pt .* in the folder"):
         evaluate_checkpoint(tmp_path)
+
+
+def test_env_actions_reach_training_evaluation_and_the_floor(tmp_path):
+    # the active maze with forward only: the junction is reached but never turned at
+    kwargs = {"corridor_length": 3, "passive": False, "max_steps": 6}
+    floor = evaluate_random("xlstm_rl/TMaze-v0", 5, env_kwargs=kwargs, actions=[2])
+    assert floor["success_rate"] == 0.0 and floor["length_mean"] == 6.0
+    result = train(tiny_config(tmp_path, **{"env.actions": [2]}), progress=False)
+    evaluation = evaluate_checkpoint(result.checkpoint, episodes=5)
+    assert evaluation["success_rate"] == 0.0 and evaluation["length_mean"] == 6.0
+    # with left, right and forward the random floor does turn, on about half the episodes
+    assert evaluate_random("xlstm_rl/TMaze-v0", 200, env_kwargs=kwargs)["success_rate"] > 0.05

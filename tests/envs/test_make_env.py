@@ -78,6 +78,40 @@ def test_minigrid_default_view_and_bad_view():
         make_env("MiniGrid-MemoryS7-v0", agent_view_size=4)
 
 
+def test_minigrid_memory_with_three_actions():
+    pytest.importorskip("minigrid")
+    env = make_env("MiniGrid-MemoryS7-v0", agent_view_size=3, actions=[2, 0, 1])
+    assert env.action_space == spaces.Discrete(3)
+    env.reset(seed=0)
+    position = tuple(env.unwrapped.agent_pos)
+    env.step(1)  # the env's 0: turn left, no move
+    assert env.unwrapped.agent_dir == 3 and tuple(env.unwrapped.agent_pos) == position
+    env.step(2)  # the env's 1: turn right
+    assert env.unwrapped.agent_dir == 0
+    env.step(0)  # the env's 2: forward, along the hallway
+    assert tuple(env.unwrapped.agent_pos) == (position[0] + 1, position[1])
+
+
+@pytest.mark.parametrize(
+    "actions, message",
+    [
+        ([], "non-empty list of ints"),
+        ([0, "1"], "non-empty list of ints"),
+        ([0, 2], r"distinct actions of Discrete\(2\) \(ints in \[0, 1\]\), got \[0, 2\]"),
+        ([1, 1], "distinct actions"),
+    ],
+)
+def test_bad_action_lists_name_the_valid_actions(actions, message):
+    with pytest.raises(ValueError, match=message):
+        make_env("xlstm_rl/TMaze-v0", actions=actions)
+
+
+def test_actions_need_a_discrete_action_space():
+    pytest.importorskip("popgym")
+    with pytest.raises(ValueError, match="needs a Discrete action space, got MultiDiscrete"):
+        make_env("popgym-BattleshipEasy-v0", actions=[0])
+
+
 def test_unknown_id_names_it_and_suggests_close_matches():
     with pytest.raises(ValueError) as excinfo:
         make_env("xlstm_rl/TMase-v0")

@@ -3,6 +3,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from gymnasium.spaces import Discrete
 
 from xlstm_rl.envs import (
     MEMORY_LENGTH_ID,
@@ -92,6 +93,20 @@ def test_minigrid_vector_env_dict_final_obs():
     assert final["image"].shape == (2, 3, 3, 3)
     np.testing.assert_array_equal(final["image"][1], infos["final_obs"][1]["image"])
     assert [ep["success"] for ep in episode_info(infos)] == [False, False]
+    envs.close()
+
+
+def test_restricted_actions_in_async_vector_env():
+    # the action table crosses to the worker processes
+    pytest.importorskip("minigrid")
+    envs = make_vector_env(
+        "MiniGrid-MemoryS7-v0", 2, seed=0, asynchronous=True, agent_view_size=3, actions=[2]
+    )
+    assert envs.single_action_space == Discrete(1)
+    envs.reset()
+    before = envs.unwrapped.call("agent_pos")
+    envs.step(np.zeros(2, dtype=np.int64))  # the env's 2: forward
+    assert [tuple(p) for p in envs.unwrapped.call("agent_pos")] == [(x + 1, y) for x, y in before]
     envs.close()
 
 

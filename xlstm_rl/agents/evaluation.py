@@ -50,11 +50,7 @@ def evaluate_policy(
         raise ValueError(f"episodes must be >= 1, got {episodes}")
     first_seed = (config.seed if seed is None else seed) + EVAL_SEED_OFFSET
     device = next(policy.parameters()).device
-    env_kwargs = dict(config.env.kwargs)
-    envs = [
-        make_env(config.env.id, env_module=config.env.module, **env_kwargs)
-        for _ in range(min(episodes, EVAL_WIDTH))
-    ]
+    envs = [config.env.make() for _ in range(min(episodes, EVAL_WIDTH))]
     space, head = envs[0].observation_space, policy.actor
     was_training = policy.training
     policy.eval()
@@ -126,8 +122,12 @@ def evaluate_random(
     seed: int = 0,
     env_module: str | None = None,
     env_kwargs: dict[str, Any] | None = None,
+    actions: list[int] | None = None,
 ) -> dict[str, Any]:
     """The random-policy floor: uniformly random actions, on the same held-out seeds.
+
+    ``actions`` restricts the action space as ``env.actions`` does for training, so
+    the floor is that of the actions the agent has.
 
     Same keys and success rule as ``evaluate_policy`` (episode j reset with seed
     ``seed + EVAL_SEED_OFFSET + j``; actions drawn from the action space seeded with
@@ -136,7 +136,7 @@ def evaluate_random(
     """
     if episodes < 1:
         raise ValueError(f"episodes must be >= 1, got {episodes}")
-    env = make_env(env_id, env_module=env_module, **(env_kwargs or {}))
+    env = make_env(env_id, env_module=env_module, actions=actions, **(env_kwargs or {}))
     env.action_space.seed(seed)
     first_seed = seed + EVAL_SEED_OFFSET
     returns, lengths, successes = [], [], []
@@ -157,7 +157,7 @@ def policy_from_checkpoint(path: str | os.PathLike, device: str = "cpu"):
     """(policy, config) rebuilt from a checkpoint."""
     payload = load_checkpoint(path)
     config = load_config(payload["config"])
-    env = make_env(config.env.id, env_module=config.env.module, **config.env.kwargs)
+    env = config.env.make()
     policy = Policy(env.observation_space, env.action_space, config.core, config.policy)
     env.close()
     policy.load_state_dict(payload["model"])

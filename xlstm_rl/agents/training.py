@@ -242,6 +242,7 @@ def _train(config, payload, resume, world, device, progress) -> TrainResult:
         seed=distributed.env_seed(config.seed, world.rank, config.env.num_envs),
         asynchronous=config.env.asynchronous,
         env_module=config.env.module,
+        actions=config.env.actions,
         **config.env.kwargs,
     )
     record_episodes(envs)

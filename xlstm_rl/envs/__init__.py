@@ -20,6 +20,7 @@ from xlstm_rl.envs.make import (
     make_env,
     make_vector_env,
     resolve_env_id,
+    restrict_actions,
 )
 from xlstm_rl.envs.memory_length import MemoryLengthEnv
 from xlstm_rl.envs.tmaze import TMazeEnv
@@ -57,4 +58,5 @@ __all__ = [
     "make_env",
     "make_vector_env",
     "resolve_env_id",
+    "restrict_actions",
 ]

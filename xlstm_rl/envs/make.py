@@ -132,8 +132,55 @@ def _is_minigrid(env: gym.Env) -> bool:
     return type(env.unwrapped).__module__.split(".")[0] == "minigrid"
 
 
-def make_env(env_id: str, *, env_module: str | None = None, **kwargs: Any) -> gym.Env:
+class _ActionTable:
+    """Agent action j -> env action ``table[j]`` (a class, so the env stays picklable)."""
+
+    def __init__(self, table: list[int]) -> None:
+        self.table = table
+
+    def __call__(self, action: Any) -> int:
+        return self.table[int(action)]
+
+
+def restrict_actions(env: gym.Env, actions: list[int], env_id: str = "env") -> gym.Env:
+    """``env`` with its Discrete action space cut down to ``actions``, in that order.
+
+    The agent's action j is the env's ``actions[j]``: MiniGrid Memory with ``[0, 1, 2]``
+    keeps turn left, turn right and forward (Pleines et al. use these three; the other
+    four do nothing there). ValueError for another kind of space, an empty or repeated
+    list, or an action the env does not have.
+    """
+    space = env.action_space
+    if not isinstance(space, spaces.Discrete):
+        raise ValueError(f"{env_id}: env.actions needs a Discrete action space, got {space}")
+    valid = range(int(space.start), int(space.start + space.n))
+    if (
+        not isinstance(actions, list | tuple)
+        or not actions
+        or any(isinstance(a, bool) or not isinstance(a, int | np.integer) for a in actions)
+    ):
+        raise ValueError(f"{env_id}: env.actions must be a non-empty list of ints, got {actions!r}")
+    bad = [a for a in actions if a not in valid]
+    if bad or len(set(actions)) != len(actions):
+        raise ValueError(
+            f"{env_id}: env.actions must be distinct actions of {space} (ints in "
+            f"[{valid.start}, {valid.stop - 1}]), got {list(actions)}"
+        )
+    table = [int(a) for a in actions]
+    return gym.wrappers.TransformAction(env, _ActionTable(table), spaces.Discrete(len(table)))
+
+
+def make_env(
+    env_id: str,
+    *,
+    env_module: str | None = None,
+    actions: list[int] | None = None,
+    **kwargs: Any,
+) -> gym.Env:
     """Make one env by id, with keyword arguments passed to gymnasium.make.
+
+    ``actions``: keep only these actions of a Discrete action space, in this order
+    (``restrict_actions``); None keeps them all.
 
     MiniGrid envs get ``Dict(direction, image)`` observations (mission dropped)
     and ``info["success"]`` at episode end; ``agent_view_size`` (odd, >= 3;
@@ -161,6 +208,8 @@ def make_env(env_id: str, *, env_module: str | None = None, **kwargs: Any) -> gy
     if isinstance(env.observation_space, spaces.Tuple):
         env = FlattenTupleObservation(env)
     check_observation_space(env.observation_space, env_id)
+    if actions is not None:
+        env = restrict_actions(env, actions, env_id)
     return env
 
 
@@ -185,6 +234,7 @@ def make_vector_env(
     seed: int = 0,
     asynchronous: bool | None = None,
     env_module: str | None = None,
+    actions: list[int] | None = None,
     **kwargs: Any,
 ) -> VectorEnv:
     """Make ``num_envs`` copies of ``make_env(env_id, **kwargs)`` as one vector env.
@@ -192,6 +242,8 @@ def make_vector_env(
     Seeding: the first ``reset()`` (without a seed) seeds sub-env i with
     ``seed + i``, and the batched action space is seeded with ``seed``, so runs
     are deterministic given ``seed``.
+
+    ``actions`` restricts a Discrete action space as in ``make_env``.
 
     ``asynchronous``: True runs each sub-env in its own process
     (``AsyncVectorEnv``); False or None (auto) steps them in this process
@@ -221,7 +273,7 @@ def make_vector_env(
     seed = check_int("seed", seed, 0, 2**63 - 1 - num_envs)
     # Resolve in this process too, so an unknown id fails here and not in a worker.
     resolve_env_id(env_id, env_module)
-    env_fn = functools.partial(make_env, env_id, env_module=env_module, **kwargs)
+    env_fn = functools.partial(make_env, env_id, env_module=env_module, actions=actions, **kwargs)
     vector_cls = gym.vector.AsyncVectorEnv if asynchronous else gym.vector.SyncVectorEnv
     envs = vector_cls([env_fn] * num_envs, autoreset_mode=AutoresetMode.SAME_STEP)
     envs.action_space.seed(seed)

@@ -240,11 +240,15 @@ def random_floors(report_dir: Path, runs: list[Run], suite: SuiteSpec) -> dict[s
         if run is None:
             continue
         env_config = run.result["config"]["env"]
-        key = {k: env_config.get(k) for k in ("id", "kwargs", "module")}
+        key = {k: env_config.get(k) for k in ("id", "kwargs", "module", "actions")}
         entry = cached.get(env.name)
         if entry is None or entry.get("env") != key or entry["episodes"] != RANDOM_EPISODES:
             entry = evaluate_random(
-                key["id"], RANDOM_EPISODES, env_module=key["module"], env_kwargs=key["kwargs"]
+                key["id"],
+                RANDOM_EPISODES,
+                env_module=key["module"],
+                env_kwargs=key["kwargs"],
+                actions=key["actions"],
             )
             entry["env"] = key
         floors[env.name] = entry

@@ -163,18 +163,17 @@ def check_unchanged(runs: list[RunSpec], suite: SuiteSpec, out: Path, retry_fail
 
 def check_envs(runs: list[RunSpec]) -> None:
     """Make and close one env per distinct env config of ``runs``, so that a wrong id,
-    module or kwarg stops the suite before any run starts, with make_env's message."""
-    from xlstm_rl.envs import make_env
-
+    module, kwarg or action list stops the suite before any run starts, with make_env's
+    message."""
     seen = set()
     for spec in runs:
         env = load_config(spec.config).env
-        key = (env.id, env.module, json.dumps(env.kwargs, sort_keys=True, default=str))
+        key = json.dumps([env.id, env.module, env.actions, env.kwargs], sort_keys=True, default=str)
         if key in seen:
             continue
         seen.add(key)
         try:
-            made = make_env(env.id, env_module=env.module, **env.kwargs)
+            made = env.make()
         except Exception as e:  # id, module, kwarg or the env's own check: all one message
             raise ConfigError(f"suite: env {spec.env!r} cannot be made: {e}") from e
         made.close()
