@@ -62,14 +62,7 @@ class EnvConfig:
         _check_types(self, "env")
         _require(bool(self.id), "env.id must be a non-empty gymnasium id")
         _require(self.num_envs >= 1, f"env.num_envs must be >= 1, got {self.num_envs}")
-        if self.actions is not None:
-            _require(
-                bool(self.actions)
-                and all(isinstance(a, int) and not isinstance(a, bool) for a in self.actions)
-                and len(set(self.actions)) == len(self.actions),
-                f"env.actions must be a non-empty list of distinct ints (action indices), "
-                f"got {self.actions!r}",
-            )
+        # the list's entries are checked against the env's action space when it is made
 
     def make(self):
         """One env of this config (``make_env`` with its id, module, actions and kwargs)."""
