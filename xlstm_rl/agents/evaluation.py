@@ -40,11 +40,14 @@ def evaluate_policy(
     episodes: int,
     seed: int | None = None,
     deterministic: bool = True,
+    per_episode: bool = False,
 ) -> dict[str, Any]:
     """Mean/std return, mean length and success rate over ``episodes`` held-out episodes.
 
     ``deterministic`` acts with the distribution's mode (argmax, or the Gaussian's
-    mean); False samples, as in training.
+    mean); False samples, as in training. ``per_episode`` adds ``"per_episode"``:
+    lists ``returns``, ``lengths`` and ``successes``, episode j reset with seed
+    ``first_seed + j``.
     """
     if episodes < 1:
         raise ValueError(f"episodes must be >= 1, got {episodes}")
@@ -96,7 +99,10 @@ def evaluate_policy(
     for env in envs:
         env.close()
     policy.train(was_training)
-    return _summary(returns, lengths, successes, first_seed, deterministic=deterministic)
+    extra = {"deterministic": deterministic}
+    if per_episode:
+        extra["per_episode"] = {"returns": returns, "lengths": lengths, "successes": successes}
+    return _summary(returns, lengths, successes, first_seed, **extra)
 
 
 def _succeeded(reported: Any, episode_return: float) -> bool:
