@@ -289,22 +289,14 @@ def _coerce(key: str, value: Any, hint: Any) -> Any:
         elif option is str:
             if isinstance(value, str):
                 return value
-        elif option is dict:
+        elif option in (dict, list):  # from the command line: YAML, as in the files
             if isinstance(value, str):
                 try:
                     value = yaml.safe_load(value)
                 except yaml.YAMLError:
                     continue
-            if isinstance(value, dict):
-                return value
-        elif option is list:
-            if isinstance(value, str):
-                try:
-                    value = yaml.safe_load(value)
-                except yaml.YAMLError:
-                    continue
-            if isinstance(value, list | tuple):
-                return list(value)
+            if isinstance(value, option) or (option is list and isinstance(value, tuple)):
+                return option(value)
     names = " or ".join("None" if o is type(None) else o.__name__ for o in options)
     raise ConfigError(f"{key} must be {names}, got {value!r}")
 
