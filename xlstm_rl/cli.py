@@ -1,7 +1,8 @@
 """The ``xlstm-rl`` command: ``train``, ``evaluate``, ``suite`` and ``report``.
 
     xlstm-rl train [--config configs/default.yaml] [--resume CHECKPOINT] [--key value ...]
-    xlstm-rl evaluate CHECKPOINT [--episodes N] [--seed S] [--stochastic] [--json PATH]
+    xlstm-rl evaluate CHECKPOINT [--episodes N] [--seed S] [--stochastic]
+                      [--max-episode-steps N] [--json PATH]
     xlstm-rl suite SUITE.yaml [--workers N] [--out DIR] [--retry-failed]
                    [--envs NAME ...] [--cores CORE ...] [--seeds SEED ...] [--key value ...]
     xlstm-rl report DIR
@@ -19,6 +20,7 @@ import sys
 from pathlib import Path
 
 from xlstm_rl.agents.checkpoint import CheckpointError
+from xlstm_rl.agents.evaluation import MAX_EPISODE_STEPS
 from xlstm_rl.config import ConfigError, parse_overrides
 
 
@@ -50,6 +52,7 @@ def _print_eval(result: dict) -> None:
         f"eval over {result['episodes']} episodes (seeds from {result['first_seed']}): "
         f"return {result['return_mean']:.3f} +- {result['return_std']:.3f}, "
         f"success rate {result['success_rate']:.2f}, mean length {result['length_mean']:.1f}"
+        + (f", {result['cut']} cut at the step cap" if result.get("cut") else "")
     )
 
 
@@ -64,6 +67,7 @@ def _evaluate(args: argparse.Namespace, extra: list[str]) -> int:
         seed=args.seed,
         deterministic=not args.stochastic,
         device=args.device,
+        max_episode_steps=args.max_episode_steps or None,
     )
     _print_eval(result)
     if args.json:
@@ -125,6 +129,13 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--seed", type=int, help="base seed (default: the run's seed)")
     evaluate.add_argument("--stochastic", action="store_true", help="sample actions, not the mode")
     evaluate.add_argument("--device", default="cpu", help="cpu, cuda[:N] or auto")
+    evaluate.add_argument(
+        "--max-episode-steps",
+        type=int,
+        default=MAX_EPISODE_STEPS,
+        help="cut an episode that has not ended after this many steps (0: no cap; "
+        f"default {MAX_EPISODE_STEPS:,})",
+    )
     evaluate.add_argument("--json", type=Path, help="also write the results here")
     evaluate.set_defaults(run=_evaluate, on_interrupt="nothing was written")
 

@@ -153,6 +153,14 @@ def test_cli_train_then_evaluate(tmp_path, capsys):
     result = json.loads(out.read_text())
     assert result["episodes"] == 5 and {"return_mean", "return_std", "success_rate"} <= set(result)
     assert result["first_seed"] >= 1_000_000  # held out from the training seeds
+    assert result["cut"] == 0
+    # the corridor takes 4 steps at least: a cap of 2 cuts every episode, and says so
+    capsys.readouterr()
+    with pytest.warns(UserWarning, match="5 of 5 evaluation episodes"):
+        assert (
+            main(["evaluate", str(checkpoint), "--episodes", "5", "--max-episode-steps", "2"]) == 0
+        )
+    assert "mean length 2.0, 5 cut at the step cap" in capsys.readouterr().out
 
     # Resuming a finished run with a larger budget trains on from where it stopped.
     assert main(["train", "--resume", str(checkpoint), "--quiet", "--total_steps", "192"]) == 0

@@ -7,7 +7,13 @@ import pytest
 
 from tests.agents.conftest import tiny_config
 from xlstm_rl.agents import train
-from xlstm_rl.agents.evaluation import EVAL_SEED_OFFSET, evaluate_checkpoint, evaluate_random
+from xlstm_rl.agents.evaluation import (
+    EVAL_SEED_OFFSET,
+    evaluate_checkpoint,
+    evaluate_policy,
+    evaluate_random,
+    policy_from_checkpoint,
+)
 
 
 def test_random_floor_on_the_tmaze_is_chance_and_reproducible():
@@ -62,3 +68,26 @@ def test_env_actions_reach_training_evaluation_and_the_floor(tmp_path):
     assert evaluation["success_rate"] == 0.0 and evaluation["length_mean"] == 6.0
     # with left, right and forward the random floor does turn, on about half the episodes
     assert evaluate_random("xlstm_rl/TMaze-v0", 200, env_kwargs=kwargs)["success_rate"] > 0.05
+
+
+def test_an_episode_that_never_ends_is_cut_at_the_step_cap(tmp_path):
+    # forward only in the active maze: stuck at the junction until max_steps (here 10**9)
+    kwargs = {"corridor_length": 3, "passive": False, "max_steps": 10**9}
+    with pytest.warns(UserWarning, match="3 of 3 evaluation episodes .* max_episode_steps=50"):
+        floor = evaluate_random(
+            "xlstm_rl/TMaze-v0", 3, env_kwargs=kwargs, actions=[2], max_episode_steps=50
+        )
+    assert floor["cut"] == 3 and floor["length_mean"] == 50.0 and floor["success_rate"] == 0.0
+    result = train(tiny_config(tmp_path, **{"env.actions": [2]}), progress=False)
+    policy, config = policy_from_checkpoint(result.checkpoint)
+    config.env.kwargs["max_steps"] = 10**9
+    with pytest.warns(UserWarning, match="5 of 5 evaluation episodes"):
+        evaluation = evaluate_policy(policy, config, 5, max_episode_steps=40)
+    assert evaluation["cut"] == 5 and evaluation["length_mean"] == 40.0
+    # episodes that end by themselves are not cut, however close to the cap
+    config.env.kwargs["max_steps"] = 6
+    assert evaluate_policy(policy, config, 5, max_episode_steps=6)["cut"] == 0
+    assert evaluate_checkpoint(result.checkpoint, episodes=2)["cut"] == 0
+    for bad in (0, -1, 2.5, True):
+        with pytest.raises(ValueError, match="max_episode_steps must be an int >= 1 or None"):
+            evaluate_policy(policy, config, 1, max_episode_steps=bad)

@@ -7,11 +7,17 @@ parallel envs, each with its own recurrent state.
 
 An episode succeeds when the env says so (``info["success"]`` on its last step, as
 ours and MiniGrid do); otherwise the rule is: success = return > 0.
+
+Every episode ends by ``max_episode_steps`` (default ``MAX_EPISODE_STEPS``) at the
+latest, so an env that never terminates or truncates cannot hang an evaluation: an
+episode cut there counts as truncated, with the return it had, and the summary's
+``"cut"`` says how many were (a warning too). ``None`` lifts the cap.
 """
 
 from __future__ import annotations
 
 import os
+import warnings
 from typing import Any
 
 import numpy as np
@@ -27,6 +33,7 @@ from xlstm_rl.envs import make_env
 
 EVAL_SEED_OFFSET = 1_000_000
 EVAL_WIDTH = 16
+MAX_EPISODE_STEPS = 100_000  # > the longest episode we ship (the T-maze at 10,000: 10,001)
 
 
 def _batch(space, observations: list) -> Any:
@@ -41,23 +48,25 @@ def evaluate_policy(
     seed: int | None = None,
     deterministic: bool = True,
     per_episode: bool = False,
+    max_episode_steps: int | None = MAX_EPISODE_STEPS,
 ) -> dict[str, Any]:
     """Mean/std return, mean length and success rate over ``episodes`` held-out episodes.
 
     ``deterministic`` acts with the distribution's mode (argmax, or the Gaussian's
     mean); False samples, as in training. ``per_episode`` adds ``"per_episode"``:
     lists ``returns``, ``lengths`` and ``successes``, episode j reset with seed
-    ``first_seed + j``.
+    ``first_seed + j``. ``max_episode_steps``: see the module's docstring.
     """
     if episodes < 1:
         raise ValueError(f"episodes must be >= 1, got {episodes}")
+    _check_cap(max_episode_steps)
     first_seed = (config.seed if seed is None else seed) + EVAL_SEED_OFFSET
     device = next(policy.parameters()).device
     envs = [config.env.make() for _ in range(min(episodes, EVAL_WIDTH))]
     space, head = envs[0].observation_space, policy.actor
     was_training = policy.training
     policy.eval()
-    returns, lengths, successes = [], [], []
+    returns, lengths, successes, cut = [], [], [], 0
     for wave in range(0, episodes, len(envs)):
         width = min(len(envs), episodes - wave)
         observations = [envs[i].reset(seed=first_seed + wave + i)[0] for i in range(width)]
@@ -83,9 +92,11 @@ def evaluate_policy(
                 observations[i], rewards[i] = obs, reward
                 episode_return[i] += reward
                 episode_length[i] += 1
-                if terminated or truncated:
+                at_cap = not (terminated or truncated) and episode_length[i] == max_episode_steps
+                if terminated or truncated or at_cap:
                     running[i] = False
                     success[i] = info.get("success")
+                    cut += int(at_cap)
             inputs = TensorDict(
                 obs=obs_to_tensor(space, _batch(space, observations), device),
                 prev_action=action,
@@ -102,7 +113,18 @@ def evaluate_policy(
     extra = {"deterministic": deterministic}
     if per_episode:
         extra["per_episode"] = {"returns": returns, "lengths": lengths, "successes": successes}
-    return _summary(returns, lengths, successes, first_seed, **extra)
+    return _summary(returns, lengths, successes, first_seed, cut, max_episode_steps, **extra)
+
+
+def _check_cap(max_episode_steps: int | None) -> None:
+    if max_episode_steps is not None and (
+        isinstance(max_episode_steps, bool)
+        or not isinstance(max_episode_steps, int)
+        or max_episode_steps < 1
+    ):
+        raise ValueError(
+            f"max_episode_steps must be an int >= 1 or None, got {max_episode_steps!r}"
+        )
 
 
 def _succeeded(reported: Any, episode_return: float) -> bool:
@@ -110,7 +132,16 @@ def _succeeded(reported: Any, episode_return: float) -> bool:
     return bool(reported) if reported is not None else bool(episode_return > 0)
 
 
-def _summary(returns, lengths, successes, first_seed: int, **extra) -> dict[str, Any]:
+def _summary(
+    returns, lengths, successes, first_seed: int, cut: int, cap: int | None, **extra
+) -> dict[str, Any]:
+    if cut:
+        warnings.warn(
+            f"{cut} of {len(returns)} evaluation episodes had not ended after "
+            f"max_episode_steps={cap} steps and were cut there (their return so far "
+            "counts); does the env terminate or truncate?",
+            stacklevel=3,
+        )
     return {
         "episodes": len(returns),
         "return_mean": float(np.mean(returns)),
@@ -118,6 +149,7 @@ def _summary(returns, lengths, successes, first_seed: int, **extra) -> dict[str,
         "length_mean": float(np.mean(lengths)),
         "success_rate": float(np.mean(successes)),
         "first_seed": first_seed,
+        "cut": cut,
         **extra,
     }
 
@@ -129,6 +161,7 @@ def evaluate_random(
     env_module: str | None = None,
     env_kwargs: dict[str, Any] | None = None,
     actions: list[int] | None = None,
+    max_episode_steps: int | None = MAX_EPISODE_STEPS,
 ) -> dict[str, Any]:
     """The random-policy floor: uniformly random actions, on the same held-out seeds.
 
@@ -137,26 +170,30 @@ def evaluate_random(
 
     Same keys and success rule as ``evaluate_policy`` (episode j reset with seed
     ``seed + EVAL_SEED_OFFSET + j``; actions drawn from the action space seeded with
-    ``seed``). An env that never ends an episode would loop forever: every env we
-    ship terminates or truncates.
+    ``seed``), and the same ``max_episode_steps`` cap.
     """
     if episodes < 1:
         raise ValueError(f"episodes must be >= 1, got {episodes}")
+    _check_cap(max_episode_steps)
     env = make_env(env_id, env_module=env_module, actions=actions, **(env_kwargs or {}))
     env.action_space.seed(seed)
     first_seed = seed + EVAL_SEED_OFFSET
-    returns, lengths, successes = [], [], []
+    returns, lengths, successes, cut = [], [], [], 0
     for j in range(episodes):
         env.reset(seed=first_seed + j)
         total, length, done, info = 0.0, 0, False, {}
         while not done:
             _, reward, terminated, truncated, info = env.step(env.action_space.sample())
             total, length, done = total + float(reward), length + 1, terminated or truncated
+            if not done and length == max_episode_steps:
+                done, cut = True, cut + 1
         returns.append(total)
         lengths.append(length)
         successes.append(_succeeded(info.get("success"), total))
     env.close()
-    return _summary(returns, lengths, successes, first_seed, policy="random")
+    return _summary(
+        returns, lengths, successes, first_seed, cut, max_episode_steps, policy="random"
+    )
 
 
 def policy_from_checkpoint(path: str | os.PathLike, device: str = "cpu"):
@@ -176,10 +213,12 @@ def evaluate_checkpoint(
     seed: int | None = None,
     deterministic: bool = True,
     device: str = "cpu",
+    max_episode_steps: int | None = MAX_EPISODE_STEPS,
 ) -> dict[str, Any]:
     """Evaluate a saved policy (``path``: the file or its run folder); ``episodes``
     defaults to the run's ``eval_episodes`` (100 if the run had none), ``seed`` to the
-    run's; ``device`` as in training (``cpu``, ``cuda[:N]``, ``auto``)."""
+    run's; ``device`` as in training (``cpu``, ``cuda[:N]``, ``auto``);
+    ``max_episode_steps`` as in ``evaluate_policy``."""
     from xlstm_rl.agents.training import resolve_device  # training imports this module
 
     if seed is not None and not 0 <= seed < 2**31:
@@ -187,5 +226,12 @@ def evaluate_checkpoint(
     path = checkpoint_file(path)
     policy, config = policy_from_checkpoint(path, resolve_device(device))
     episodes = episodes if episodes is not None else (config.eval_episodes or 100)
-    result = evaluate_policy(policy, config, episodes, seed=seed, deterministic=deterministic)
+    result = evaluate_policy(
+        policy,
+        config,
+        episodes,
+        seed=seed,
+        deterministic=deterministic,
+        max_episode_steps=max_episode_steps,
+    )
     return {"checkpoint": str(path), "env": config.env.id, "core": config.core.name, **result}
