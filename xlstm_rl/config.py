@@ -68,7 +68,9 @@ class EnvConfig:
         """One env of this config (``make_env`` with its id, module, actions and kwargs)."""
         from xlstm_rl.envs import make_env
 
-        return make_env(self.id, env_module=self.module, actions=self.actions, **self.kwargs)
+        return make_env(
+            self.id, env_module=self.module, actions=self.actions, env_kwargs=self.kwargs
+        )
 
 
 @dataclass

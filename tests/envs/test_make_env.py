@@ -112,6 +112,45 @@ def test_actions_need_a_discrete_action_space():
         make_env("popgym-BattleshipEasy-v0", actions=[0])
 
 
+class _TakesActions(gym.Env):
+    """An env whose own keywords are called ``actions`` and ``env_module``."""
+
+    observation_space = spaces.Box(-1.0, 1.0, (1,), np.float32)
+
+    def __init__(self, actions=2, env_module="none"):
+        self.action_space = spaces.Discrete(actions)
+        self.env_module = env_module
+
+    def reset(self, *, seed=None, options=None):
+        super().reset(seed=seed)
+        return np.zeros(1, np.float32), {}
+
+    def step(self, action):
+        return np.zeros(1, np.float32), 0.0, True, False, {}
+
+
+TAKES_ACTIONS = "xlstm_rl_test/TakesActions-v0"
+if TAKES_ACTIONS not in gym.registry:
+    gym.register(TAKES_ACTIONS, entry_point=_TakesActions)
+
+
+def test_env_keywords_named_like_make_envs_own_reach_the_env():
+    from xlstm_rl.config import EnvConfig
+    from xlstm_rl.envs import make_vector_env
+
+    config = EnvConfig(id=TAKES_ACTIONS, kwargs={"actions": 5, "env_module": "mine"})
+    env = config.make()
+    assert env.action_space == spaces.Discrete(5) and env.unwrapped.env_module == "mine"
+    config.actions = [4, 0]  # the subset, on top of the env's own five
+    assert config.make().action_space == spaces.Discrete(2)
+    vector = make_vector_env(TAKES_ACTIONS, 2, env_kwargs={"actions": 3})
+    assert vector.single_action_space == spaces.Discrete(3)
+    vector.close()
+    # the same keyword both ways is refused, not silently resolved
+    with pytest.raises(ValueError, match=r"env keyword\(s\) \['corridor_length'\] given both"):
+        make_env("xlstm_rl/TMaze-v0", env_kwargs={"corridor_length": 3}, corridor_length=4)
+
+
 def test_unknown_id_names_it_and_suggests_close_matches():
     with pytest.raises(ValueError) as excinfo:
         make_env("xlstm_rl/TMase-v0")

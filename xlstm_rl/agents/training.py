@@ -243,7 +243,7 @@ def _train(config, payload, resume, world, device, progress) -> TrainResult:
         asynchronous=config.env.asynchronous,
         env_module=config.env.module,
         actions=config.env.actions,
-        **config.env.kwargs,
+        env_kwargs=config.env.kwargs,
     )
     record_episodes(envs)
     policy = Policy(

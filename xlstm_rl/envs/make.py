@@ -170,17 +170,31 @@ def restrict_actions(env: gym.Env, actions: list[int], env_id: str = "env") -> g
     return gym.wrappers.TransformAction(env, _ActionTable(table), spaces.Discrete(len(table)))
 
 
+def _merge_kwargs(env_kwargs: dict[str, Any] | None, kwargs: dict[str, Any]) -> dict[str, Any]:
+    if env_kwargs is None:
+        return kwargs
+    if not isinstance(env_kwargs, dict):
+        raise TypeError(f"env_kwargs must be a dict, got {type(env_kwargs).__name__}")
+    both = sorted(set(env_kwargs) & set(kwargs))
+    if both:
+        raise ValueError(f"env keyword(s) {both} given both in env_kwargs and as keywords")
+    return {**env_kwargs, **kwargs}
+
+
 def make_env(
     env_id: str,
     *,
     env_module: str | None = None,
     actions: list[int] | None = None,
+    env_kwargs: dict[str, Any] | None = None,
     **kwargs: Any,
 ) -> gym.Env:
     """Make one env by id, with keyword arguments passed to gymnasium.make.
 
     ``actions``: keep only these actions of a Discrete action space, in this order
-    (``restrict_actions``); None keeps them all.
+    (``restrict_actions``); None keeps them all. The env's own keyword arguments come
+    as ``**kwargs`` or as the dict ``env_kwargs`` (configs pass it, so that an env
+    keyword named ``actions`` or ``env_module`` reaches the env).
 
     MiniGrid envs get ``Dict(direction, image)`` observations (mission dropped)
     and ``info["success"]`` at episode end; ``agent_view_size`` (odd, >= 3;
@@ -190,6 +204,7 @@ def make_env(
     naming it and the keywords the env takes. POPGym
     envs get fresh info arrays each step (``CopyInfoArrays``).
     """
+    kwargs = _merge_kwargs(env_kwargs, kwargs)
     env_id = resolve_env_id(env_id, env_module)
     if env_id.startswith(("MiniGrid-", "BabyAI-")) and "agent_view_size" in kwargs:
         view = kwargs["agent_view_size"]
@@ -235,6 +250,7 @@ def make_vector_env(
     asynchronous: bool | None = None,
     env_module: str | None = None,
     actions: list[int] | None = None,
+    env_kwargs: dict[str, Any] | None = None,
     **kwargs: Any,
 ) -> VectorEnv:
     """Make ``num_envs`` copies of ``make_env(env_id, **kwargs)`` as one vector env.
@@ -243,7 +259,8 @@ def make_vector_env(
     ``seed + i``, and the batched action space is seeded with ``seed``, so runs
     are deterministic given ``seed``.
 
-    ``actions`` restricts a Discrete action space as in ``make_env``.
+    ``actions`` restricts a Discrete action space, and ``env_kwargs`` joins
+    ``kwargs``, as in ``make_env``.
 
     ``asynchronous``: True runs each sub-env in its own process
     (``AsyncVectorEnv``); False or None (auto) steps them in this process
@@ -273,7 +290,13 @@ def make_vector_env(
     seed = check_int("seed", seed, 0, 2**63 - 1 - num_envs)
     # Resolve in this process too, so an unknown id fails here and not in a worker.
     resolve_env_id(env_id, env_module)
-    env_fn = functools.partial(make_env, env_id, env_module=env_module, actions=actions, **kwargs)
+    env_fn = functools.partial(
+        make_env,
+        env_id,
+        env_module=env_module,
+        actions=actions,
+        env_kwargs=_merge_kwargs(env_kwargs, kwargs),
+    )
     vector_cls = gym.vector.AsyncVectorEnv if asynchronous else gym.vector.SyncVectorEnv
     envs = vector_cls([env_fn] * num_envs, autoreset_mode=AutoresetMode.SAME_STEP)
     envs.action_space.seed(seed)
