@@ -56,6 +56,19 @@ def _print_eval(result: dict) -> None:
     )
 
 
+def _step_cap(text: str) -> int | str | None:
+    """--max-episode-steps: "auto", or an int >= 0 (0: no cap, None)."""
+    if text == "auto":
+        return text
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 'auto' or an int >= 0 (0: no cap), got {text!r}")
+    return value or None
+
+
 def _evaluate(args: argparse.Namespace, extra: list[str]) -> int:
     from xlstm_rl.agents import evaluate_checkpoint
 
@@ -67,7 +80,7 @@ def _evaluate(args: argparse.Namespace, extra: list[str]) -> int:
         seed=args.seed,
         deterministic=not args.stochastic,
         device=args.device,
-        max_episode_steps=args.max_episode_steps or None,
+        max_episode_steps=args.max_episode_steps,
     )
     _print_eval(result)
     if args.json:
@@ -131,10 +144,10 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--device", default="cpu", help="cpu, cuda[:N] or auto")
     evaluate.add_argument(
         "--max-episode-steps",
-        type=int,
-        default=MAX_EPISODE_STEPS,
-        help="cut an episode that has not ended after this many steps (0: no cap; "
-        f"default {MAX_EPISODE_STEPS:,})",
+        type=_step_cap,
+        default="auto",
+        help="cut an episode that has not ended after this many steps (0: no cap; default "
+        f"auto: {MAX_EPISODE_STEPS:,}, or the env's own step limit where that is longer)",
     )
     evaluate.add_argument("--json", type=Path, help="also write the results here")
     evaluate.set_defaults(run=_evaluate, on_interrupt="nothing was written")

@@ -161,6 +161,9 @@ def test_cli_train_then_evaluate(tmp_path, capsys):
             main(["evaluate", str(checkpoint), "--episodes", "5", "--max-episode-steps", "2"]) == 0
         )
     assert "mean length 2.0, 5 cut at the step cap" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        main(["evaluate", str(checkpoint), "--max-episode-steps", "-1"])
+    assert "must be 'auto' or an int >= 0 (0: no cap), got '-1'" in capsys.readouterr().err
 
     # Resuming a finished run with a larger budget trains on from where it stopped.
     assert main(["train", "--resume", str(checkpoint), "--quiet", "--total_steps", "192"]) == 0

@@ -3,9 +3,13 @@ evaluate_checkpoint on files and run folders."""
 
 import shutil
 
+import gymnasium as gym
+import numpy as np
 import pytest
+from gymnasium import spaces
 
 from tests.agents.conftest import tiny_config
+from xlstm_rl.agents import evaluation as evaluation_module
 from xlstm_rl.agents import train
 from xlstm_rl.agents.evaluation import (
     EVAL_SEED_OFFSET,
@@ -81,13 +85,60 @@ def test_an_episode_that_never_ends_is_cut_at_the_step_cap(tmp_path):
     result = train(tiny_config(tmp_path, **{"env.actions": [2]}), progress=False)
     policy, config = policy_from_checkpoint(result.checkpoint)
     config.env.kwargs["max_steps"] = 10**9
-    with pytest.warns(UserWarning, match="5 of 5 evaluation episodes"):
+    with pytest.warns(UserWarning, match="5 of 5 evaluation episodes") as record:
         evaluation = evaluate_policy(policy, config, 5, max_episode_steps=40)
     assert evaluation["cut"] == 5 and evaluation["length_mean"] == 40.0
+    assert record[0].filename == __file__  # the warning names the caller's line
     # episodes that end by themselves are not cut, however close to the cap
     config.env.kwargs["max_steps"] = 6
     assert evaluate_policy(policy, config, 5, max_episode_steps=6)["cut"] == 0
     assert evaluate_checkpoint(result.checkpoint, episodes=2)["cut"] == 0
     for bad in (0, -1, 2.5, True):
-        with pytest.raises(ValueError, match="max_episode_steps must be an int >= 1 or None"):
+        with pytest.raises(ValueError, match="max_episode_steps must be an int >= 1, 'auto' or"):
             evaluate_policy(policy, config, 1, max_episode_steps=bad)
+
+
+class _Forever(gym.Env):
+    """Never terminates or truncates, declares no step limit, pays +0.01 a step."""
+
+    observation_space = spaces.Box(-1.0, 1.0, (2,), np.float32)
+    action_space = spaces.Discrete(2)
+
+    def reset(self, *, seed=None, options=None):
+        super().reset(seed=seed)
+        return np.zeros(2, np.float32), {}
+
+    def step(self, action):
+        return np.zeros(2, np.float32), 0.01, False, False, {}
+
+
+FOREVER = "xlstm_rl_test/Forever-v0"
+if FOREVER not in gym.registry:
+    gym.register(FOREVER, entry_point=_Forever)
+
+
+def test_a_cut_episode_counts_as_failed_whatever_its_return():
+    # the env reports no success, so the rule would be return > 0: a cut is still a failure
+    with pytest.warns(UserWarning, match="4 of 4 evaluation episodes") as record:
+        floor = evaluate_random(FOREVER, 4, max_episode_steps=50)
+    assert floor["cut"] == 4 and floor["return_mean"] == pytest.approx(0.5)
+    assert floor["success_rate"] == 0.0 and floor["max_episode_steps"] == 50
+    assert record[0].filename == __file__
+
+
+def test_the_default_cap_is_never_shorter_than_the_envs_own_limit(monkeypatch):
+    monkeypatch.setattr(evaluation_module, "MAX_EPISODE_STEPS", 20)
+    kwargs = {"corridor_length": 30}  # passive: every episode lasts 31 steps
+    floor = evaluate_random("xlstm_rl/TMaze-v0", 2, env_kwargs=kwargs)
+    assert floor["cut"] == 0 and floor["length_mean"] == 31.0
+    assert floor["max_episode_steps"] == 31
+    memory = evaluate_random("xlstm_rl/MemoryLength-v0", 2, env_kwargs={"memory_length": 25})
+    assert memory["cut"] == 0 and memory["length_mean"] == 26.0
+    # an int is the cap as given; an env with no limit of its own gets MAX_EPISODE_STEPS
+    with pytest.warns(UserWarning, match="2 of 2 evaluation episodes"):
+        assert (
+            evaluate_random("xlstm_rl/TMaze-v0", 2, env_kwargs=kwargs, max_episode_steps=20)["cut"]
+            == 2
+        )
+    with pytest.warns(UserWarning, match="max_episode_steps=20 steps"):
+        assert evaluate_random(FOREVER, 1)["length_mean"] == 20.0

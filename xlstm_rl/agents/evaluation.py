@@ -8,10 +8,14 @@ parallel envs, each with its own recurrent state.
 An episode succeeds when the env says so (``info["success"]`` on its last step, as
 ours and MiniGrid do); otherwise the rule is: success = return > 0.
 
-Every episode ends by ``max_episode_steps`` (default ``MAX_EPISODE_STEPS``) at the
-latest, so an env that never terminates or truncates cannot hang an evaluation: an
-episode cut there counts as truncated, with the return it had, and the summary's
-``"cut"`` says how many were (a warning too). ``None`` lifts the cap.
+Every episode ends by ``max_episode_steps`` at the latest, so an env that never
+terminates or truncates cannot hang an evaluation. The default, ``"auto"``, is
+``MAX_EPISODE_STEPS`` or the env's own step limit where that is longer (a
+``TimeLimit``'s ``max_episode_steps``, or the ``max_steps`` that MiniGrid, the T-maze
+and MemoryLength have), so a 150,000-step corridor runs to its end; an int is the cap
+as given; ``None`` lifts it. An episode cut at the cap counts as truncated and failed
+(success False), with the return it had; the summary's ``"cut"`` says how many were
+(a warning too) and ``"max_episode_steps"`` which cap applied.
 """
 
 from __future__ import annotations
@@ -33,14 +37,13 @@ from xlstm_rl.envs import make_env
 
 EVAL_SEED_OFFSET = 1_000_000
 EVAL_WIDTH = 16
-MAX_EPISODE_STEPS = 100_000  # > the longest episode we ship (the T-maze at 10,000: 10,001)
+MAX_EPISODE_STEPS = 100_000  # "auto": this, or the env's own step limit where longer
 
 
 def _batch(space, observations: list) -> Any:
     return concatenate(space, observations, create_empty_array(space, len(observations)))
 
 
-@torch.inference_mode()
 def evaluate_policy(
     policy: Policy,
     config: TrainConfig,
@@ -48,7 +51,7 @@ def evaluate_policy(
     seed: int | None = None,
     deterministic: bool = True,
     per_episode: bool = False,
-    max_episode_steps: int | None = MAX_EPISODE_STEPS,
+    max_episode_steps: int | str | None = "auto",
 ) -> dict[str, Any]:
     """Mean/std return, mean length and success rate over ``episodes`` held-out episodes.
 
@@ -60,9 +63,18 @@ def evaluate_policy(
     if episodes < 1:
         raise ValueError(f"episodes must be >= 1, got {episodes}")
     _check_cap(max_episode_steps)
+    # not a decorator: warnings raised in here name the caller's line (stacklevel)
+    with torch.inference_mode():
+        return _evaluate_policy(
+            policy, config, episodes, seed, deterministic, per_episode, max_episode_steps
+        )
+
+
+def _evaluate_policy(policy, config, episodes, seed, deterministic, per_episode, cap):
     first_seed = (config.seed if seed is None else seed) + EVAL_SEED_OFFSET
     device = next(policy.parameters()).device
     envs = [config.env.make() for _ in range(min(episodes, EVAL_WIDTH))]
+    cap = _cap_for(envs[0], cap)
     space, head = envs[0].observation_space, policy.actor
     was_training = policy.training
     policy.eval()
@@ -92,10 +104,10 @@ def evaluate_policy(
                 observations[i], rewards[i] = obs, reward
                 episode_return[i] += reward
                 episode_length[i] += 1
-                at_cap = not (terminated or truncated) and episode_length[i] == max_episode_steps
+                at_cap = not (terminated or truncated) and episode_length[i] == cap
                 if terminated or truncated or at_cap:
                     running[i] = False
-                    success[i] = info.get("success")
+                    success[i] = False if at_cap else info.get("success")
                     cut += int(at_cap)
             inputs = TensorDict(
                 obs=obs_to_tensor(space, _batch(space, observations), device),
@@ -113,18 +125,36 @@ def evaluate_policy(
     extra = {"deterministic": deterministic}
     if per_episode:
         extra["per_episode"] = {"returns": returns, "lengths": lengths, "successes": successes}
-    return _summary(returns, lengths, successes, first_seed, cut, max_episode_steps, **extra)
+    # the warning's stack: _summary, _evaluate_policy, evaluate_policy, its caller
+    return _summary(returns, lengths, successes, first_seed, cut, cap, 4, **extra)
 
 
-def _check_cap(max_episode_steps: int | None) -> None:
-    if max_episode_steps is not None and (
+def _check_cap(max_episode_steps: int | str | None) -> None:
+    if max_episode_steps is None or max_episode_steps == "auto":
+        return
+    if (
         isinstance(max_episode_steps, bool)
         or not isinstance(max_episode_steps, int)
         or max_episode_steps < 1
     ):
         raise ValueError(
-            f"max_episode_steps must be an int >= 1 or None, got {max_episode_steps!r}"
+            f"max_episode_steps must be an int >= 1, 'auto' or None, got {max_episode_steps!r}"
         )
+
+
+def _cap_for(env, cap: int | str | None) -> int | None:
+    """The cap applied: ``cap`` as given, or for "auto" ``MAX_EPISODE_STEPS`` or the env's
+    own step limit where that is longer."""
+    if cap != "auto":
+        return cap
+    limits = [MAX_EPISODE_STEPS]
+    spec = getattr(env, "spec", None)
+    if spec is not None and isinstance(spec.max_episode_steps, int):
+        limits.append(spec.max_episode_steps)
+    own = getattr(env.unwrapped, "max_steps", None)
+    if isinstance(own, int) and not isinstance(own, bool):
+        limits.append(own)
+    return max(limits)
 
 
 def _succeeded(reported: Any, episode_return: float) -> bool:
@@ -133,14 +163,15 @@ def _succeeded(reported: Any, episode_return: float) -> bool:
 
 
 def _summary(
-    returns, lengths, successes, first_seed: int, cut: int, cap: int | None, **extra
+    returns, lengths, successes, first_seed, cut, cap, stacklevel: int, **extra
 ) -> dict[str, Any]:
     if cut:
         warnings.warn(
             f"{cut} of {len(returns)} evaluation episodes had not ended after "
             f"max_episode_steps={cap} steps and were cut there (their return so far "
-            "counts); does the env terminate or truncate?",
-            stacklevel=3,
+            "counts; each counts as failed); does the env terminate or truncate? A "
+            "longer cap: max_episode_steps (xlstm-rl evaluate --max-episode-steps)",
+            stacklevel=stacklevel,
         )
     return {
         "episodes": len(returns),
@@ -150,6 +181,7 @@ def _summary(
         "success_rate": float(np.mean(successes)),
         "first_seed": first_seed,
         "cut": cut,
+        "max_episode_steps": cap,
         **extra,
     }
 
@@ -161,7 +193,7 @@ def evaluate_random(
     env_module: str | None = None,
     env_kwargs: dict[str, Any] | None = None,
     actions: list[int] | None = None,
-    max_episode_steps: int | None = MAX_EPISODE_STEPS,
+    max_episode_steps: int | str | None = "auto",
 ) -> dict[str, Any]:
     """The random-policy floor: uniformly random actions, on the same held-out seeds.
 
@@ -175,7 +207,8 @@ def evaluate_random(
     if episodes < 1:
         raise ValueError(f"episodes must be >= 1, got {episodes}")
     _check_cap(max_episode_steps)
-    env = make_env(env_id, env_module=env_module, actions=actions, **(env_kwargs or {}))
+    env = make_env(env_id, env_module=env_module, actions=actions, env_kwargs=env_kwargs)
+    cap = _cap_for(env, max_episode_steps)
     env.action_space.seed(seed)
     first_seed = seed + EVAL_SEED_OFFSET
     returns, lengths, successes, cut = [], [], [], 0
@@ -185,15 +218,14 @@ def evaluate_random(
         while not done:
             _, reward, terminated, truncated, info = env.step(env.action_space.sample())
             total, length, done = total + float(reward), length + 1, terminated or truncated
-            if not done and length == max_episode_steps:
+            if not done and length == cap:
                 done, cut = True, cut + 1
+                info = {"success": False}
         returns.append(total)
         lengths.append(length)
         successes.append(_succeeded(info.get("success"), total))
     env.close()
-    return _summary(
-        returns, lengths, successes, first_seed, cut, max_episode_steps, policy="random"
-    )
+    return _summary(returns, lengths, successes, first_seed, cut, cap, 3, policy="random")
 
 
 def policy_from_checkpoint(path: str | os.PathLike, device: str = "cpu"):
@@ -213,7 +245,7 @@ def evaluate_checkpoint(
     seed: int | None = None,
     deterministic: bool = True,
     device: str = "cpu",
-    max_episode_steps: int | None = MAX_EPISODE_STEPS,
+    max_episode_steps: int | str | None = "auto",
 ) -> dict[str, Any]:
     """Evaluate a saved policy (``path``: the file or its run folder); ``episodes``
     defaults to the run's ``eval_episodes`` (100 if the run had none), ``seed`` to the

@@ -40,6 +40,7 @@ class MemoryLengthEnv(gym.Env[np.ndarray, int]):
     def __init__(self, memory_length: int = 10, num_bits: int = 1) -> None:
         self.memory_length = check_int("memory_length", memory_length, 0, MAX_MEMORY_LENGTH)
         self.num_bits = check_int("num_bits", num_bits, 1, MAX_NUM_BITS)
+        self.max_steps = self.memory_length + 1  # every episode lasts exactly this long
         self.observation_space = spaces.Box(
             -1.0, 1.0, shape=(1 + 2 * self.num_bits,), dtype=np.float32
         )
