@@ -1,11 +1,12 @@
 """Does a MiniGrid Memory agent use the cue? Its success split by where episodes start.
 
-In MiniGrid Memory the agent starts at a random column of the start room, facing the
-hallway, and the cue object sits behind it. With ``agent_view_size: 3`` the cue is in
-its first view only from the first column; from any other column it must turn back to
-see it. So a policy that ignores the cue wins about half of every group below, one
-that remembers what it saw first wins the first-column episodes, and one that also
-turns back to look wins the rest.
+In MiniGrid Memory the agent starts in a random column from 1 (the start room's
+first) to the end of the hallway (6 in MemoryS9), facing the hallway, and the cue
+object sits behind it in column 1. With ``agent_view_size: 3`` the cue is in its
+first view only from column 1; from columns 2 and 3 turning round shows it, and from
+column 4 on the agent must walk back to see it. So a policy that ignores the cue wins
+about half of every group below, one that remembers what it saw first wins the
+column-1 episodes, and one that also goes back to look wins the rest.
 
     python scripts/minigrid_cue_probe.py runs/<name> [--episodes 300] [--sample]
 
@@ -21,15 +22,17 @@ from collections import defaultdict
 
 import torch
 
-from xlstm_rl.agents.checkpoint import checkpoint_file
+from xlstm_rl.agents.checkpoint import CheckpointError, checkpoint_file
 from xlstm_rl.agents.evaluation import evaluate_policy, policy_from_checkpoint
 
 
 def memory_env(config):
     """An env of the run's config; ValueError unless it is a MiniGrid Memory env."""
-    from minigrid.envs import MemoryEnv
-
     env = config.env.make()
+    try:
+        from minigrid.envs import MemoryEnv
+    except ImportError:  # then the run's env cannot be one
+        MemoryEnv = ()  # isinstance(x, ()) is False
     if not isinstance(env.unwrapped, MemoryEnv):
         env.close()
         raise ValueError(f"{config.env.id} is not a MiniGrid Memory env (MiniGrid-Memory...)")
@@ -71,7 +74,7 @@ def main(argv: list[str] | None = None) -> int:
         )
         starts = start_views(env, result["first_seed"], args.episodes)
         env.close()
-    except (OSError, ValueError) as e:
+    except (OSError, ValueError, CheckpointError) as e:
         parser.error(str(e))
     groups = defaultdict(list)  # (column, cue in first view) -> successes
     for start, success in zip(starts, result["per_episode"]["successes"]):

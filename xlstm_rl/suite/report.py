@@ -226,7 +226,7 @@ RANDOM_EPISODES = 200
 def random_floors(report_dir: Path, runs: list[Run], suite: SuiteSpec) -> dict[str, dict]:
     """Per env: a uniformly random policy's eval over ``RANDOM_EPISODES`` held-out episodes.
 
-    The env's config (id, kwargs, module) is taken from a finished run, so envs with
+    The env's config (id, kwargs, module, actions) is taken from a finished run, so envs with
     none are left out. Cached in ``random_floor.json`` and recomputed when that config
     changes.
     """
