@@ -140,7 +140,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--episodes", type=int, help="default: the run's eval_episodes (100 if it had none)"
     )
     evaluate.add_argument("--seed", type=int, help="base seed (default: the run's seed)")
-    evaluate.add_argument("--stochastic", action="store_true", help="sample actions, not the mode")
+    evaluate.add_argument(
+        "--stochastic",
+        action="store_true",
+        help="sample actions, not the mode (seeded by --seed: repeatable)",
+    )
     evaluate.add_argument("--device", default="cpu", help="cpu, cuda[:N] or auto")
     evaluate.add_argument(
         "--max-episode-steps",

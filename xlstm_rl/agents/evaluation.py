@@ -56,22 +56,30 @@ def evaluate_policy(
     """Mean/std return, mean length and success rate over ``episodes`` held-out episodes.
 
     ``deterministic`` acts with the distribution's mode (argmax, or the Gaussian's
-    mean); False samples, as in training. ``per_episode`` adds ``"per_episode"``:
+    mean); False samples, as in training, from torch's generator seeded with the first
+    episode's seed (so a sampled evaluation repeats; the caller's random state is put
+    back afterwards). ``per_episode`` adds ``"per_episode"``:
     lists ``returns``, ``lengths`` and ``successes``, episode j reset with seed
     ``first_seed + j``. ``max_episode_steps``: see the module's docstring.
     """
     if episodes < 1:
         raise ValueError(f"episodes must be >= 1, got {episodes}")
     _check_cap(max_episode_steps)
+    first_seed = (config.seed if seed is None else seed) + EVAL_SEED_OFFSET
+    device = next(policy.parameters()).device
+    forked = [device] if device.type == "cuda" else []
     # not a decorator: warnings raised in here name the caller's line (stacklevel)
-    with torch.inference_mode():
+    with torch.random.fork_rng(devices=forked), torch.inference_mode():
+        torch.default_generator.manual_seed(first_seed)
+        if forked:
+            with torch.cuda.device(device):
+                torch.cuda.manual_seed(first_seed)
         return _evaluate_policy(
-            policy, config, episodes, seed, deterministic, per_episode, max_episode_steps
+            policy, config, episodes, first_seed, deterministic, per_episode, max_episode_steps
         )
 
 
-def _evaluate_policy(policy, config, episodes, seed, deterministic, per_episode, cap):
-    first_seed = (config.seed if seed is None else seed) + EVAL_SEED_OFFSET
+def _evaluate_policy(policy, config, episodes, first_seed, deterministic, per_episode, cap):
     device = next(policy.parameters()).device
     envs = [config.env.make() for _ in range(min(episodes, EVAL_WIDTH))]
     cap = _cap_for(envs[0], cap)
