@@ -1,6 +1,7 @@
 """Checkpoints: exact resume, safe loading, clear errors on damaged files."""
 
 import dataclasses
+import re
 
 import pytest
 import torch
@@ -101,3 +102,51 @@ def test_arbitrary_pickles_are_refused(tmp_path):
         ckpt.load_checkpoint(path)
     assert "weights_only` set to `False`" not in str(error.value)
     assert "add_safe_globals" not in str(error.value)
+
+
+def _spoil(payload, how):
+    if how in ("model", "config", "optimizer"):
+        del payload[how]
+    elif how == "core name":
+        payload["config"]["core"]["name"] = "bogus"
+    elif how == "width":  # the config builds another network than the weights are for
+        payload["config"]["core"]["hidden_size"] += 8
+    elif how == "weight":
+        name = next(iter(payload["model"]))
+        payload["model"][name] = torch.zeros(3, 1)
+
+
+@pytest.mark.parametrize(
+    "how, evaluate_says, resume_says",
+    [
+        ("model", "lacks its model", "lacks its model"),
+        ("config", "lacks its config", "lacks its config"),
+        ("core name", "its config cannot be used here: core.name", "core.name must be one of"),
+        ("width", "its model state does not fit", "its model state does not fit"),
+        ("weight", "its model state does not fit", "its model state does not fit"),
+        ("optimizer", None, "lacks part of a training run's state (KeyError: 'optimizer')"),
+    ],
+)
+def test_a_checkpoint_with_damaged_contents_names_the_file_and_the_fault(
+    tmp_path, how, evaluate_says, resume_says
+):
+    from xlstm_rl.agents.evaluation import policy_from_checkpoint
+    from xlstm_rl.cli import main
+
+    path = train(tiny_config(tmp_path, total_steps=4 * 16 * 2), progress=False).checkpoint
+    payload = ckpt.load_checkpoint(path)
+    _spoil(payload, how)
+    damaged = ckpt.save_checkpoint(tmp_path / "damaged" / "checkpoint.pt", payload)
+    if evaluate_says is None:
+        policy_from_checkpoint(damaged)  # evaluation needs no optimiser
+    else:
+        with pytest.raises(ckpt.CheckpointError, match=evaluate_says) as error:
+            policy_from_checkpoint(damaged)
+        assert str(damaged) in str(error.value)
+    with pytest.raises(ckpt.CheckpointError, match=re.escape(resume_says)) as error:
+        train(resume=damaged, overrides={"total_steps": 4 * 16 * 3}, progress=False)
+    assert str(damaged) in str(error.value)
+    # the command line prints the one line and exits 2, no traceback
+    with pytest.raises(SystemExit) as exit_:
+        main(["train", "--resume", str(damaged), "--quiet", "--total_steps", "192"])
+    assert exit_.value.code == 2

@@ -82,7 +82,37 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
         raise CheckpointError(
             f"{path} has checkpoint version {payload.get('version')}, this xlstm-rl reads {VERSION}"
         )
+    missing = [key for key in ("config", "model") if not isinstance(payload.get(key), dict)]
+    if missing:
+        raise CheckpointError(f"{path} lacks its {' and '.join(missing)} (a damaged checkpoint)")
     return payload
+
+
+def checkpoint_config(payload: dict[str, Any], path: str | os.PathLike):
+    """The TrainConfig stored in a loaded checkpoint; CheckpointError naming the file if
+    this xlstm-rl cannot use it (a key it does not know, a core or env it does not have)."""
+    from xlstm_rl.config import load_config  # config imports nothing from agents
+
+    try:
+        return load_config(payload["config"])
+    except ValueError as e:
+        raise CheckpointError(f"{path}: its config cannot be used here: {e}") from e
+
+
+def load_weights(module: Any, state: Any, path: str | os.PathLike, what: str = "model") -> None:
+    """``module.load_state_dict(state)`` (a network or an optimiser); CheckpointError naming
+    the file when the stored weights do not fit what the stored config builds."""
+    try:
+        module.load_state_dict(state)
+    except (RuntimeError, ValueError, KeyError, TypeError) as e:
+        lines = [line.strip() for line in str(e).strip().splitlines() if line.strip()]
+        detail = " ".join(lines[:3])
+        if len(detail) > 400:
+            detail = detail[:400] + " ..."
+        raise CheckpointError(
+            f"{path}: its {what} state does not fit the network its config builds "
+            f"(a damaged or hand-edited checkpoint): {detail}"
+        ) from e
 
 
 def _load_error_detail(e: Exception) -> str:

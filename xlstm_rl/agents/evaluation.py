@@ -29,10 +29,15 @@ import torch
 from gymnasium.vector.utils import concatenate, create_empty_array
 from tensordict import TensorDict
 
-from xlstm_rl.agents.checkpoint import checkpoint_file, load_checkpoint
+from xlstm_rl.agents.checkpoint import (
+    checkpoint_config,
+    checkpoint_file,
+    load_checkpoint,
+    load_weights,
+)
 from xlstm_rl.agents.encoders import obs_to_tensor
 from xlstm_rl.agents.policy import Policy
-from xlstm_rl.config import TrainConfig, load_config
+from xlstm_rl.config import TrainConfig
 from xlstm_rl.envs import make_env
 
 EVAL_SEED_OFFSET = 1_000_000
@@ -238,12 +243,13 @@ def evaluate_random(
 
 def policy_from_checkpoint(path: str | os.PathLike, device: str = "cpu"):
     """(policy, config) rebuilt from a checkpoint."""
+    path = checkpoint_file(path)
     payload = load_checkpoint(path)
-    config = load_config(payload["config"])
+    config = checkpoint_config(payload, path)
     env = config.env.make()
     policy = Policy(env.observation_space, env.action_space, config.core, config.policy)
     env.close()
-    policy.load_state_dict(payload["model"])
+    load_weights(policy, payload["model"], path)
     return policy.to(device), config
 
 

@@ -30,9 +30,12 @@ from tqdm.auto import tqdm
 
 from xlstm_rl.agents import distributed
 from xlstm_rl.agents.checkpoint import (
+    CheckpointError,
+    checkpoint_config,
     checkpoint_file,
     env_snapshot,
     load_checkpoint,
+    load_weights,
     record_episodes,
     restore_envs,
     rng_states,
@@ -140,9 +143,21 @@ def _log(writer, global_step, lr, sps, metrics, episodes) -> None:
             writer.add_scalar("charts/success_rate", np.mean(known), global_step)
 
 
-def _resume(payload, policy, optimizer, collector, envs, device, rank) -> None:
-    policy.load_state_dict(payload["model"])
-    optimizer.load_state_dict(payload["optimizer"])
+def _resume(payload, policy, optimizer, collector, envs, device, rank, path):
+    """Restore a training run's state; its (update, global step, recent returns)."""
+    try:
+        _restore(payload, policy, optimizer, collector, envs, device, rank, path)
+        return payload["update"], payload["global_step"], payload["recent_returns"]
+    except (KeyError, IndexError, TypeError) as e:
+        raise CheckpointError(
+            f"{path} lacks part of a training run's state ({type(e).__name__}: {e}); "
+            "a damaged checkpoint, or one not written by xlstm-rl train"
+        ) from e
+
+
+def _restore(payload, policy, optimizer, collector, envs, device, rank, path) -> None:
+    load_weights(policy, payload["model"], path)
+    load_weights(optimizer, payload["optimizer"], path, what="optimiser")
     own = payload if rank == 0 else payload["other_ranks"][rank - 1]
     if restore_envs(envs, own["envs"]):
         num_envs = collector.carry.batch_size
@@ -210,10 +225,11 @@ def _resumed_config(stored: dict[str, Any], checkpoint: Path, overrides: dict) -
     the folder above it and ``name`` to its own; an override of either starts a new folder.
     Overrides of what the checkpoint's state was built from are refused."""
     here = {"log_dir": str(checkpoint.parent.parent), "name": checkpoint.parent.name}
-    config = load_config(stored, {**here, **overrides})
+    original = checkpoint_config({"config": stored}, checkpoint)  # the file's own fault
+    config = load_config(stored, {**here, **overrides})  # else the overrides'
     changed = [
         f"{key} ({old!r} -> {new!r})"
-        for key, (old, new) in config_diff(load_config(stored).to_dict(), config.to_dict()).items()
+        for key, (old, new) in config_diff(original.to_dict(), config.to_dict()).items()
         if key.split(".")[0] in _FIXED_ON_RESUME
         and key != "env.asynchronous"  # how the envs step, not what they are
     ]
@@ -257,9 +273,10 @@ def _train(config, payload, resume, world, device, progress) -> TrainResult:
     start_update, global_step = 0, 0
     recent = deque(maxlen=100)  # returns of the latest finished episodes (of all ranks)
     if payload is not None:
-        _resume(payload, policy, optimizer, collector, envs, device, world.rank)
-        start_update, global_step = payload["update"], payload["global_step"]
-        recent.extend(payload["recent_returns"])
+        start_update, global_step, returns = _resume(
+            payload, policy, optimizer, collector, envs, device, world.rank, resume
+        )
+        recent.extend(returns)
     model = distributed.data_parallel(policy)  # broadcasts rank 0's parameters
 
     writer = None
