@@ -345,7 +345,11 @@ def apply_overrides(
             node[part] = node = dict(child)
             section = hint if dataclasses.is_dataclass(hint) else None
         if section is None and isinstance(value, str):
-            value = yaml.safe_load(value)
+            try:
+                value = yaml.safe_load(value)
+            except yaml.YAMLError as e:
+                problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+                raise ConfigError(f"{dotted}: {value!r} is not valid YAML ({problem})") from e
         node[leaf] = value
     return data
 
@@ -430,6 +434,11 @@ def parse_overrides(args: list[str]) -> dict[str, str]:
             if i + 1 >= len(args):
                 raise ConfigError(f"override --{key} needs a value")
             value = args[i + 1]
+            if value.startswith("--"):
+                raise ConfigError(
+                    f"override --{key} needs a value, got the next option {value!r} "
+                    f"(a value that starts with --: --{key}=VALUE)"
+                )
             i += 1
         overrides[key.replace("-", "_")] = value
         i += 1

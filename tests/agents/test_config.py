@@ -251,3 +251,16 @@ def test_a_budget_far_from_whole_updates_says_what_runs(tmp_path):
     with warnings.catch_warnings():
         warnings.simplefilter("error", UserWarning)
         assert train(near, progress=False).global_step == 4 * 16 * 30
+
+
+def test_override_mistakes_say_what_is_wrong():
+    with pytest.raises(ConfigError, match="override --ppo.lr needs a value, got the next option"):
+        parse_overrides(["--ppo.lr", "--seed", "3"])
+    assert parse_overrides(["--seed", "-3"]) == {"seed": "-3"}  # one dash: a value
+    with pytest.raises(ConfigError, match="override --seed needs a value"):
+        parse_overrides(["--seed"])
+    with pytest.raises(ConfigError, match="expected an override like --key value, got 'x'"):
+        parse_overrides(["x"])
+    # free-form values are YAML: one that does not parse names the key
+    with pytest.raises(ConfigError, match=r"env.kwargs.size: '\[1, 2' is not valid YAML"):
+        load_config(None, {"env.kwargs.size": "[1, 2"})
