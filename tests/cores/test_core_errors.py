@@ -132,3 +132,60 @@ def test_unknown_core_and_options():
         build_core("gru", 5, 16, forget_bias=1.0)
     with pytest.raises(ValueError, match="forget_bias must be a number or None, got '1'"):
         build_core("lstm", 5, 16, forget_bias="1")
+
+
+@pytest.mark.parametrize(
+    "name, options, message",
+    [
+        ("mlstm", {"num_heads": "4"}, "mLSTM block: option num_heads must be an int, got '4'"),
+        ("mlstm", {"head_dim": 2.5}, "option head_dim must be an int, got 2.5"),
+        ("mlstm", {"head_dim": 0}, "option head_dim must be >= 1, got 0"),
+        ("mlstm", {"fgate_bias": 3.0}, r"option fgate_bias must be two numbers \[a, b\]"),
+        ("mlstm", {"conv_skip": "no"}, "option conv_skip must be true or false, got 'no'"),
+        ("mlstm", {"gate_cap": float("nan")}, "option gate_cap must be a finite number"),
+        ("mlstm", {"chunk_size": 16.0}, "option chunk_size must be an int, got 16.0"),
+        ("slstm", {"num_heads": 2.0}, "sLSTM block: option num_heads must be an int"),
+        ("xlstm", {"mlstm": None}, "option mlstm of core 'xlstm' must be a mapping"),
+        ("xlstm", {"backend": "chunkwise"}, r"for the sLSTM blocks.*mlstm=\{'backend'"),
+        ("lstm", {"num_layers": 2.0}, "LSTMCore: option num_layers must be an int >= 1"),
+        ("transformer", {"memory_len": 4.0}, "option memory_len must be an int >= 1, got 4.0"),
+        ("transformer", {"ffn_factor": 0}, "option ffn_factor must be > 0, got 0"),
+    ],
+)
+def test_options_of_the_wrong_type_name_the_option(name, options, message):
+    with pytest.raises(ValueError, match=message):
+        build_core(name, 5, 16, **options)
+
+
+def test_options_take_numpy_numbers_and_lists():
+    import numpy as np
+
+    core = build_core("mlstm", 5, 16, num_heads=np.int64(2), fgate_bias=[3, 6], gate_cap=15)
+    config = core.blocks[0].config
+    assert config.num_heads == 2 and type(config.num_heads) is int
+    assert config.fgate_bias == (3.0, 6.0)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_an_empty_sequence_and_resets_elsewhere_are_named(name):
+    core = make(name)
+    state = core.initial_state(3)
+    with pytest.raises(
+        ValueError, match=r"needs at least one time step, got x of shape \(3, 0, 5\)"
+    ):
+        core(torch.randn(3, 0, 5), state)
+    resets = torch.zeros(3, 4, dtype=torch.bool)
+    with pytest.raises(ValueError, match="resets is on meta but x is on cpu"):
+        core(torch.randn(3, 4, 5), state, resets.to("meta"))
+    with pytest.raises(ValueError, match="reset is on meta but x is on cpu"):
+        core.step(torch.randn(3, 5), state, resets[:, 0].to("meta"))
+
+
+@pytest.mark.parametrize("name", [n for n in NAMES if n != "mlp"])
+def test_a_state_of_another_dtype_is_named(name):
+    core = make(name)
+    state = core.initial_state(3).to(torch.float64)
+    with pytest.raises(TypeError, match=r"state entry .* is torch.float64, expected torch.float32"):
+        core(torch.randn(3, 4, 5), state)
+    with pytest.raises(TypeError, match=r"use state.to\(torch.float32\)"):
+        core.step(torch.randn(3, 5), state)

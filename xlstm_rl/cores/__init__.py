@@ -21,6 +21,12 @@ from xlstm_rl.cores.xlstm import BLOCK_OPTIONS, MLSTMCore, SLSTMCore, XLSTMConfi
 
 def _build_xlstm(input_size: int, hidden_size: int, pattern: str = "ms", **options):
     """Options go to the blocks they belong to; `mlstm=` / `slstm=` dicts also work."""
+    for key in ("mlstm", "slstm"):
+        if not isinstance(options.get(key, {}), dict):
+            raise ValueError(
+                f"option {key} of core 'xlstm' must be a mapping of {key} block options, "
+                f"got {options[key]!r}"
+            )
     mlstm, slstm = dict(options.pop("mlstm", {})), dict(options.pop("slstm", {}))
     for key, value in options.items():
         owners = [letter for letter in "ms" if key in BLOCK_OPTIONS[letter]]

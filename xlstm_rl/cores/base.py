@@ -15,7 +15,7 @@ import torch
 from tensordict import TensorDict
 from torch import nn
 
-from xlstm_rl.kernels.validate import check_mask
+from xlstm_rl.kernels.validate import check_devices, check_mask
 
 
 class MemoryCore(nn.Module):
@@ -62,7 +62,13 @@ class MemoryCore(nn.Module):
         """Run over a sequence: x (B, T, input_size) -> y (B, T, output_size), new state."""
         self._check_x(x, seq=True)
         B, T = x.shape[:2]
+        if T == 0:
+            raise ValueError(
+                f"{type(self).__name__} needs at least one time step, got x of shape "
+                f"{tuple(x.shape)} (B, T=0, input_size)"
+            )
         check_mask("resets", resets, (B, T), "B T")
+        check_devices("x", x, ("resets", resets))
         self._check_state(state, B, x.device)
         return self._forward(x, state, resets)
 
@@ -71,6 +77,7 @@ class MemoryCore(nn.Module):
         self._check_x(x, seq=False)
         B = x.shape[0]
         check_mask("reset", reset, (B,), "B")
+        check_devices("x", x, ("reset", reset))
         self._check_state(state, B, x.device)
         return self._step(x, state, reset)
 
@@ -111,7 +118,7 @@ class MemoryCore(nn.Module):
         if (
             isinstance(state, TensorDict)
             and state.batch_size == (B,)
-            and _has_layout(state, _nest(self._state_shapes()), device)
+            and _has_layout(state, _nest(self._state_shapes()), device, self.state_dtype())
         ):
             return
         cls = type(self).__name__
@@ -144,21 +151,26 @@ class MemoryCore(nn.Module):
                     f"{cls}: state entry {key!r} is on {leaf.device} but x is on {device}; "
                     f"move the state with state.to('{device}')"
                 )
+            if leaf.dtype != self.state_dtype():
+                raise TypeError(
+                    f"{cls}: state entry {key!r} is {leaf.dtype}, expected "
+                    f"{self.state_dtype()} (initial_state's); use state.to({self.state_dtype()})"
+                )
 
 
-def _has_layout(state: TensorDict, layout: dict, device: torch.device) -> bool:
+def _has_layout(state: TensorDict, layout: dict, device: torch.device, dtype) -> bool:
     """Whether ``state`` has exactly the nested keys of ``layout``, leaves of its per-row
-    shapes on ``device``."""
+    shapes on ``device`` in ``dtype``."""
     if len(state.keys()) != len(layout):
         return False
     for key, value in state.items():
         expected = layout.get(key)
         if isinstance(expected, dict):
-            if not (isinstance(value, TensorDict) and _has_layout(value, expected, device)):
+            if not (isinstance(value, TensorDict) and _has_layout(value, expected, device, dtype)):
                 return False
         elif expected is None or not isinstance(value, torch.Tensor):
             return False
-        elif value.shape[1:] != expected or value.device != device:
+        elif value.shape[1:] != expected or value.device != device or value.dtype != dtype:
             return False
     return True
 

@@ -17,6 +17,7 @@ from torch import nn
 
 from xlstm_rl.cores.base import make_state
 from xlstm_rl.cores.layers import CausalConv, HeadNorm, SwiGLU, soft_cap
+from xlstm_rl.cores.options import check_fields
 from xlstm_rl.kernels import backends, mlstm_sequence, mlstm_step
 
 
@@ -39,8 +40,11 @@ class MLSTMBlockConfig:
     chunk_size: int | None = None  # None: 16 on the CPU (small chunks are fastest), else 64
 
     def __post_init__(self):
+        check_fields(self, "mLSTM block")
         if self.hidden_size < 1 or self.num_heads < 1:
             raise ValueError("hidden_size and num_heads must be positive")
+        if self.head_dim is not None and self.head_dim < 1:
+            raise ValueError(f"mLSTM block: option head_dim must be >= 1, got {self.head_dim}")
         if self.head_dim is None and self.hidden_size % self.num_heads:
             raise ValueError(
                 f"hidden_size={self.hidden_size} is not divisible by num_heads={self.num_heads}; "

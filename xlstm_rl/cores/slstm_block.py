@@ -15,6 +15,7 @@ from torch import nn
 
 from xlstm_rl.cores.base import make_state
 from xlstm_rl.cores.layers import HeadNorm, SwiGLU, soft_cap
+from xlstm_rl.cores.options import check_fields
 from xlstm_rl.kernels import backends, slstm_sequence, slstm_step
 
 
@@ -29,6 +30,7 @@ class SLSTMBlockConfig:
     backend: str = "auto"
 
     def __post_init__(self):
+        check_fields(self, "sLSTM block")
         if self.hidden_size < 1 or self.num_heads < 1:
             raise ValueError("hidden_size and num_heads must be positive")
         if self.hidden_size % self.num_heads:
@@ -37,7 +39,11 @@ class SLSTMBlockConfig:
             )
         for op in ("slstm_sequence", "slstm_step"):
             if self.backend not in backends(op):
-                raise ValueError(f"unknown backend {self.backend!r}; valid: {backends(op)}")
+                raise ValueError(
+                    f"unknown backend {self.backend!r} for the sLSTM blocks; valid: "
+                    f"{backends(op)} (an xlstm core passes backend to both block types; "
+                    "mlstm={'backend': ...} sets the mLSTM blocks' alone)"
+                )
         if self.gate_cap <= 0 or self.ffn_factor <= 0 or self.fgate_power <= 0:
             raise ValueError("gate_cap, ffn_factor and fgate_power must be positive")
 

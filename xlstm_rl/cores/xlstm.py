@@ -16,6 +16,7 @@ from torch import nn
 
 from xlstm_rl.cores.base import MemoryCore, make_state
 from xlstm_rl.cores.mlstm_block import MLSTMBlock, MLSTMBlockConfig
+from xlstm_rl.cores.options import check_fields
 from xlstm_rl.cores.slstm_block import SLSTMBlock, SLSTMBlockConfig
 
 BLOCK_OPTIONS = {
@@ -33,6 +34,7 @@ class XLSTMConfig:
     slstm: dict = field(default_factory=dict)  # options for every sLSTM block
 
     def __post_init__(self):
+        check_fields(self, "xLSTM core")
         if not self.pattern or set(self.pattern) - {"m", "s"}:
             raise ValueError(
                 f"pattern must be a non-empty string of 'm' (mLSTM) and 's' (sLSTM), "
