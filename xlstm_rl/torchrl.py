@@ -91,6 +91,16 @@ class MemoryModule(TensorDictModuleBase):
         super().__init__()
         if not isinstance(core, MemoryCore):
             raise TypeError(f"core must be a MemoryCore, got {type(core).__name__}")
+        for name, key in (("in_key", in_key), ("out_key", out_key), ("is_init_key", is_init_key)):
+            if isinstance(key, list):  # LSTMModule takes lists; this module one key each
+                raise TypeError(
+                    f"{name} is one key (a string or a tuple of strings), got the list {key!r}"
+                )
+        if default_recurrent_mode is not None and not isinstance(default_recurrent_mode, bool):
+            raise TypeError(
+                "default_recurrent_mode must be True, False or None, got "
+                f"{default_recurrent_mode!r}"
+            )
         self.core = core
         self.in_key = unravel_key(in_key)
         self.out_key = unravel_key(out_key)
@@ -179,6 +189,18 @@ class MemoryModule(TensorDictModuleBase):
                 f"MemoryModule needs episode-start flags at {self.is_init_key!r}; add "
                 "torchrl.envs.InitTracker() to the environment"
             )
+        if is_init.numel() != flat.numel():
+            raise ValueError(
+                f"MemoryModule: the episode-start flags at {self.is_init_key!r} must be shaped "
+                f"(*batch,) or (*batch, 1) with batch {tuple(shape)}, got "
+                f"{tuple(tensordict.get(self.is_init_key).shape)}"
+            )
+        if torch._C._functorch.is_batchedtensor(x):
+            raise RuntimeError(
+                "MemoryModule cannot run under vmap (it steps through time and cuts "
+                "sequences at episode starts); pass deactivate_vmap=True to torchrl's "
+                "value estimators (GAE(..., deactivate_vmap=True))"
+            )
         resets = is_init.reshape(flat.shape).bool()
         stored = self._read_state(flat, x.device)
         if recurrent:
@@ -259,9 +281,25 @@ class MemoryModule(TensorDictModuleBase):
         values = [flat.get(key, None) for key in self.state_in_keys]
         missing = [key for key, value in zip(self.state_in_keys, values) if value is None]
         if len(missing) == len(values):
+            other = flat.get(self.state_key, None)
+            if other is not None:  # something else lives under this module's state_key
+                found = (
+                    sorted("/".join(_as_tuple(k)) for k in other.keys(True, True))
+                    if isinstance(other, TensorDictBase)
+                    else f"a {type(other).__name__}"
+                )
+                raise ValueError(
+                    f"MemoryModule: {'/'.join(self.state_key)} holds {found}, not this core's "
+                    f"state {sorted('/'.join(leaf) for leaf in self.state_leaves)}: a state "
+                    "from another core, or two modules sharing one state_key? Give each module "
+                    "its own state_key"
+                )
             return None
         if missing:
-            raise KeyError(f"MemoryModule: state keys {missing} are missing, the others present")
+            raise KeyError(
+                f"MemoryModule: state keys {missing} are missing, the others present (a state "
+                "from another core, or two modules sharing one state_key?)"
+            )
         state = TensorDict(batch_size=flat.shape, device=device)
         for leaf, value in zip(self.state_leaves, values):
             state.set(leaf, value)

@@ -14,7 +14,7 @@ from torchrl.modules import set_recurrent_mode  # noqa: E402
 from xlstm_rl.cores import build_core  # noqa: E402
 from xlstm_rl.torchrl import MemoryModule  # noqa: E402
 
-NAMES = ["mlstm", "slstm", "xlstm", "lstm", "gru", "mlp"]
+NAMES = ["mlstm", "slstm", "xlstm", "lstm", "gru", "mlp", "transformer"]
 OPTIONS = {"mlstm": {"num_heads": 2}, "slstm": {"num_heads": 2}, "xlstm": {"num_heads": 2}}
 TOL = {torch.float64: dict(rtol=1e-9, atol=1e-9), torch.float32: dict(rtol=1e-5, atol=1e-5)}
 B, T, IN, HID = 3, 11, 5, 8
@@ -256,3 +256,30 @@ def test_errors():
         module(td[0, 0])
     with pytest.raises(TypeError, match="MemoryCore"):
         MemoryModule(torch.nn.LSTM(2, 2), in_key="obs", out_key="y")
+    # LSTMModule's habits: keys as lists, a mode that is not a bool
+    with pytest.raises(TypeError, match="in_key is one key .* got the list"):
+        MemoryModule(module.core, in_key=["obs"], out_key="y")
+    with pytest.raises(TypeError, match="default_recurrent_mode must be True, False or None"):
+        MemoryModule(module.core, in_key="obs", out_key="y", default_recurrent_mode="yes")
+    bad = td[:, 0].clone()
+    bad.set("is_init", torch.zeros(B, 2, dtype=torch.bool))
+    with pytest.raises(ValueError, match=r"shaped \(\*batch,\) or .* got \(3, 2\)"):
+        module(bad)
+    # another core's state under this module's state_key: named, in either mode
+    other = make("gru")(episodes(make("gru"))[:, 0])
+    step = other.select("obs", "is_init", "recurrent_state")
+    mlstm = make("mlstm")
+    with pytest.raises(ValueError, match=r"recurrent_state holds \['h'\], not this core's"):
+        mlstm(step)
+    with set_recurrent_mode(True), pytest.raises(ValueError, match="another core"):
+        mlstm(episodes(make("gru")).select("obs", "is_init", "recurrent_state"))
+    with pytest.raises(KeyError, match=r"'c'\)\] are missing.*another core"):
+        module(step)  # the LSTM's h is there, its c is not
+
+    # under vmap (torchrl's value estimators by default) it says how to turn vmap off
+    def features(obs, is_init):
+        return module(TensorDict(obs=obs, is_init=is_init, batch_size=[B]))["features"]
+
+    obs, is_init = td["obs"][:, :2].transpose(0, 1), td["is_init"][:, :2].transpose(0, 1)
+    with pytest.raises(RuntimeError, match="deactivate_vmap=True"):
+        torch.vmap(features)(obs, is_init)
