@@ -196,10 +196,44 @@ def test_empty_sequence_is_rejected():
         slstm_sequence(g[:, :0], R)
 
 
-@pytest.mark.parametrize("chunk_size", [0, -3, 2.5])
-def test_chunk_size_must_be_a_positive_int(chunk_size):
-    with pytest.raises(ValueError, match="chunk_size must be a positive int"):
-        mlstm_sequence(*mlstm_args(), backend="chunkwise", chunk_size=chunk_size)
+@pytest.mark.parametrize("backend", ["chunkwise", "parallel", "reference"])
+@pytest.mark.parametrize("chunk_size", [0, -3, 2.5, "4", True, None])
+def test_chunk_size_must_be_a_positive_int(chunk_size, backend):
+    # every backend alike, those that do not chunk too
+    with pytest.raises(ValueError, match="chunk_size must be an int >= 1"):
+        mlstm_sequence(*mlstm_args(), backend=backend, chunk_size=chunk_size)
+
+
+def test_chunk_size_may_be_a_numpy_or_torch_int():
+    import numpy as np
+
+    h = mlstm_sequence(*mlstm_args(), backend="chunkwise", chunk_size=4)[0]
+    for size in (np.int64(4), torch.tensor(4)):
+        torch.testing.assert_close(
+            mlstm_sequence(*mlstm_args(), backend="chunkwise", chunk_size=size)[0], h
+        )
+
+
+def test_step_out_buffers_are_checked():
+    q, k, v, i, f = step_args()
+    state = random_state(B, H, DK, DV)
+    h = torch.empty(B, H, DV)
+    C, n, m = (torch.empty_like(s) for s in state)
+    with pytest.raises(TypeError, match=r"out must be a tuple \(h, \(C, n, m\)\)"):
+        mlstm_step(q, k, v, i, f, state, out=h)
+    with pytest.raises(TypeError, match="out h"):  # an int h would truncate silently
+        mlstm_step(q, k, v, i, f, state, out=(h.long(), (C, n, m)))
+    with pytest.raises(ValueError, match="out C must not be an expanded view"):
+        mlstm_step(q, k, v, i, f, state, out=(h, (C[:1].expand_as(C), n, m)))
+    with pytest.raises(ValueError, match="reset is on meta but q is on cpu"):
+        mlstm_step(q, k, v, i, f, state, reset=torch.zeros(B, dtype=torch.bool, device="meta"))
+
+
+def test_zero_width_keys_are_rejected():
+    q, k, v, i, f = mlstm_args()
+    for backend in ("reference", "parallel", "chunkwise"):
+        with pytest.raises(ValueError, match="Dk >= 1"):
+            mlstm_sequence(q[..., :0], k[..., :0], v, i, f, backend=backend)
 
 
 def test_inputs_on_another_device_are_rejected():

@@ -8,6 +8,8 @@ state (c, n, m, h) each (B, H, Dh). See the spec for the maths.
 
 from __future__ import annotations
 
+import operator
+
 import torch
 
 from xlstm_rl.kernels import validate
@@ -38,6 +40,7 @@ def mlstm_sequence(q, k, v, i, f, *, resets=None, state=None, backend="auto", ch
     B, H, T, Dk, Dv = validate.check_mlstm_inputs(q, k, v, i, f, time_axis=True)
     if T < 1:
         raise ValueError("mlstm_sequence needs T >= 1")
+    chunk_size = _chunk_size(chunk_size)
     validate.check_mask("resets", resets, (B, T), "B T")
     validate.check_mlstm_state(state, B, H, Dk, Dv)
     _same_device(q, k, v, i, f, resets, state)
@@ -54,16 +57,41 @@ def mlstm_step(q, k, v, i, f, state, *, reset=None, backend="auto", out=None):
     validate.check_mask("reset", reset, (B,), "B")
     validate.check_mlstm_state(state, B, H, Dk, Dv)
     if out is not None:
-        h_out, state_out = out
-        validate.check_shape("out h", h_out, (B, H, Dv), "B H Dv")
-        validate.check_mlstm_state(state_out, B, H, Dk, Dv)
-    _same_device(q, k, v, i, f, reset, state, *(() if out is None else (out[0], out[1])))
+        _check_out(out, B, H, Dk, Dv)
+    _same_device(q, k, v, i, f, reset, state, *(() if out is None else (out[0], out[1])),
+                 mask_name="reset")  # fmt: skip
     return resolve("mlstm_step", backend, q)(q, k, v, i, f, state, reset=reset, out=out)
 
 
-def _same_device(q, k, v, i, f, resets, state, h_out=None, state_out=None) -> None:
+def _chunk_size(chunk_size) -> int:
+    """An int >= 1 (numpy and torch integers too, not bool), for every backend alike."""
+    try:
+        ok = not isinstance(chunk_size, bool) and operator.index(chunk_size) >= 1
+    except TypeError:
+        ok = False
+    if not ok:
+        raise ValueError(f"chunk_size must be an int >= 1, got {chunk_size!r}")
+    return operator.index(chunk_size)
+
+
+def _check_out(out, B: int, H: int, Dk: int, Dv: int) -> None:
+    """``out=(h, (C, n, m))``: floating buffers of the step's shapes, none an expanded view
+    (one element behind several indices would take several writes)."""
+    if not isinstance(out, (tuple, list)) or len(out) != 2:
+        raise TypeError(f"out must be a tuple (h, (C, n, m)), got {type(out).__name__}")
+    h_out, state_out = out
+    validate.check_float("out h", h_out)
+    validate.check_shape("out h", h_out, (B, H, Dv), "B H Dv")
+    validate.check_mlstm_state(state_out, B, H, Dk, Dv)
+    for name, buffer in zip(("out h", "out C", "out n", "out m"), (h_out, *state_out)):
+        if any(stride == 0 and size > 1 for stride, size in zip(buffer.stride(), buffer.shape)):
+            raise ValueError(f"{name} must not be an expanded view (a stride of 0)")
+
+
+def _same_device(q, k, v, i, f, resets, state, h_out=None, state_out=None,
+                 mask_name="resets") -> None:  # fmt: skip
     validate.check_devices(
-        "q", q, ("k", k), ("v", v), ("i", i), ("f", f), ("resets", resets), ("state", state),
+        "q", q, ("k", k), ("v", v), ("i", i), ("f", f), (mask_name, resets), ("state", state),
         ("out h", h_out), ("out state", state_out),
     )  # fmt: skip
 

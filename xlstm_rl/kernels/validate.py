@@ -82,6 +82,8 @@ def check_mlstm_inputs(q, k, v, i, f, *, time_axis: bool) -> tuple[int, ...]:
         check_shape("f", f, (B, H), "B H", hint)
     if not (q.dtype == k.dtype == v.dtype):
         raise TypeError(f"q, k, v must share a dtype, got {q.dtype}, {k.dtype}, {v.dtype}")
+    if Dk < 1:
+        raise ValueError(f"q and k need Dk >= 1 (their last dim), got q of shape {tuple(q.shape)}")
     return B, H, T, Dk, Dv
 
 
