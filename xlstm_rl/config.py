@@ -10,7 +10,9 @@ ones), never a silent default.
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -83,10 +85,17 @@ class CoreConfig:
 
     def __post_init__(self):
         _check_types(self, "core")
-        from xlstm_rl.cores import CORES  # the registry, so register_core'd names count
+        from xlstm_rl.cores import CORES, option_names  # the registry: register_core'd count
 
         _require(self.name in CORES, f"core.name must be one of {sorted(CORES)}, got {self.name!r}")
         _require(self.hidden_size >= 1, f"core.hidden_size must be >= 1, got {self.hidden_size}")
+        # names here, before any env is made; their values when the core is built
+        valid = option_names(self.name)
+        unknown = [] if valid is None else sorted(set(self.options) - set(valid))
+        _require(
+            not unknown,
+            f"core.options: unknown option(s) {unknown} for core {self.name!r}; valid: {valid}",
+        )
 
 
 @dataclass
@@ -175,6 +184,8 @@ class PPOConfig:
         for name in ("clip_coef", "ent_coef", "vf_coef", "max_grad_norm", "lr"):
             value = getattr(self, name)
             _require(value >= 0.0, f"ppo.{name} must be >= 0, got {value}")
+            if name != "max_grad_norm":  # inf there: no clipping
+                _require(math.isfinite(value), f"ppo.{name} must be finite, got {value}")
         _require(self.lr > 0.0, f"ppo.lr must be > 0, got {self.lr}")
         _require(self.adam_eps > 0.0, f"ppo.adam_eps must be > 0, got {self.adam_eps}")
         _require(
@@ -216,9 +227,7 @@ class TrainConfig:
             f"checkpoint_every must be >= 0, got {self.checkpoint_every}",
         )
         _require(
-            self.device == "cpu"
-            or self.device.startswith(("cuda", "mps"))
-            or self.device == "auto",
+            re.fullmatch(r"cpu|auto|mps|cuda(:\d+)?", self.device) is not None,
             f"device must be 'cpu', 'cuda[:N]', 'mps' or 'auto', got {self.device!r}",
         )
         if self.algo == "ppo":

@@ -86,7 +86,7 @@ def test_bad_env_actions_are_a_clear_error(tmp_path):
 
 
 def test_bad_core_option_is_a_clear_error(tmp_path):
-    with pytest.raises(ValueError, match="bad option for core 'gru'"):
+    with pytest.raises(ValueError, match=r"unknown option\(s\) \[.num_heads.\] for core .gru."):
         train(tiny_config(tmp_path, **{"core.options": {"num_heads": 2}}), progress=False)
 
 
@@ -264,3 +264,26 @@ def test_override_mistakes_say_what_is_wrong():
     # free-form values are YAML: one that does not parse names the key
     with pytest.raises(ConfigError, match=r"env.kwargs.size: '\[1, 2' is not valid YAML"):
         load_config(None, {"env.kwargs.size": "[1, 2"})
+
+
+def test_core_option_names_and_numbers_are_checked_up_front():
+    # before any env is made or any run folder written: a suite or a resume checks here
+    with pytest.raises(ConfigError, match=r"unknown option\(s\) \['num_head'\] for core 'mlstm'"):
+        load_config({"core": {"options": {"num_head": 4}}})
+    assert load_config({"core": {"name": "xlstm", "options": {"pattern": "ms"}}})
+    with pytest.raises(ConfigError, match="ppo.lr must be finite, got inf"):
+        load_config({"ppo": {"lr": float("inf")}})
+    assert load_config({"ppo": {"max_grad_norm": float("inf")}})  # inf: no clipping
+    with pytest.raises(ConfigError, match="device must be .* got 'cudafoo'"):
+        load_config({"device": "cudafoo"})
+    assert load_config({"device": "cuda:1"}).device == "cuda:1"
+
+
+def test_a_registered_core_with_any_keyword_is_checked_when_built():
+    from xlstm_rl.cores import CORES, build_core, register_core
+
+    register_core("test_any", lambda input_size, hidden_size, **kw: build_core("gru", 2, 2))
+    try:
+        assert load_config({"core": {"name": "test_any", "options": {"whatever": 1}}})
+    finally:
+        del CORES["test_any"]

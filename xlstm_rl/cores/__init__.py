@@ -68,6 +68,17 @@ def _valid_options(builder) -> list[str]:
     return sorted(set(names) - {"options"})
 
 
+def option_names(name: str) -> list[str] | None:
+    """The options core ``name`` takes; None if its builder takes any keyword (a
+    registered builder with ``**kwargs``), so that only building it can tell."""
+    builder = CORES[name]
+    builtin = builder in (MLSTMCore, SLSTMCore, _build_xlstm)
+    params = inspect.signature(builder).parameters.values()
+    if not builtin and any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params):
+        return None
+    return _valid_options(builder)
+
+
 def build_core(name: str, input_size: int, hidden_size: int, **options) -> MemoryCore:
     """Build the memory core `name`; unknown names or options raise ValueError."""
     if name not in CORES:
@@ -99,5 +110,6 @@ __all__ = [
     "XLSTMConfig",
     "XLSTMCore",
     "build_core",
+    "option_names",
     "register_core",
 ]
