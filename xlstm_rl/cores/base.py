@@ -9,13 +9,11 @@ returned, never kept on the module.
 
 from __future__ import annotations
 
-import operator
-
 import torch
 from tensordict import TensorDict
 from torch import nn
 
-from xlstm_rl.kernels.validate import check_devices, check_mask
+from xlstm_rl.kernels.validate import as_int, check_devices, check_mask
 
 
 class MemoryCore(nn.Module):
@@ -45,11 +43,8 @@ class MemoryCore(nn.Module):
 
     def initial_state(self, batch_size: int, device=None) -> TensorDict:
         """The empty state (all zeros) for `batch_size` rows."""
-        try:
-            ok = not isinstance(batch_size, bool) and operator.index(batch_size) >= 0
-        except TypeError:
-            ok = False
-        if not ok:
+        size = as_int(batch_size)
+        if size is None or size < 0:
             raise ValueError(f"batch_size must be an int >= 0, got {batch_size!r}")
         device = device if device is not None else self._device()
         leaves = {

@@ -5,22 +5,20 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import operator
 import types
 import typing
 from typing import Any
 
+from xlstm_rl.kernels.validate import as_int
+
 
 def option_int(owner: str, name: str, value: Any, minimum: int | None = 1) -> int:
     """An int (numpy and torch integers too, not bool), at least ``minimum``."""
-    try:
-        ok = not isinstance(value, bool) and operator.index(value) == value
-    except TypeError:
-        ok = False
-    if not ok or (minimum is not None and value < minimum):
+    number = as_int(value)
+    if number is None or (minimum is not None and number < minimum):
         at_least = "" if minimum is None else f" >= {minimum}"
         raise ValueError(f"{owner}: option {name} must be an int{at_least}, got {value!r}")
-    return operator.index(value)
+    return number
 
 
 def option_number(owner: str, name: str, value: Any) -> float:

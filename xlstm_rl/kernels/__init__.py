@@ -8,8 +8,6 @@ state (c, n, m, h) each (B, H, Dh). See the spec for the maths.
 
 from __future__ import annotations
 
-import operator
-
 import torch
 
 from xlstm_rl.kernels import validate
@@ -65,13 +63,10 @@ def mlstm_step(q, k, v, i, f, state, *, reset=None, backend="auto", out=None):
 
 def _chunk_size(chunk_size) -> int:
     """An int >= 1 (numpy and torch integers too, not bool), for every backend alike."""
-    try:
-        ok = not isinstance(chunk_size, bool) and operator.index(chunk_size) >= 1
-    except TypeError:
-        ok = False
-    if not ok:
+    size = validate.as_int(chunk_size)
+    if size is None or size < 1:
         raise ValueError(f"chunk_size must be an int >= 1, got {chunk_size!r}")
-    return operator.index(chunk_size)
+    return size
 
 
 def _check_out(out, B: int, H: int, Dk: int, Dv: int) -> None:

@@ -6,6 +6,9 @@ op wanted, not only what it got.
 
 from __future__ import annotations
 
+import operator
+from typing import Any
+
 import torch
 
 FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
@@ -54,6 +57,17 @@ def check_devices(like: str, x: torch.Tensor, *others) -> None:
                     f"{name} is on {t.device} but {like} is on {x.device}; "
                     "every input must be on the same device"
                 )
+
+
+def as_int(value: Any) -> int | None:
+    """``value`` as an int if it is an integer (numpy and 0-d torch integers too), never
+    a bool; None otherwise. The one test for integer arguments and options."""
+    if isinstance(value, bool):
+        return None
+    try:
+        return operator.index(value)
+    except TypeError:
+        return None
 
 
 def check_mlstm_inputs(q, k, v, i, f, *, time_axis: bool) -> tuple[int, ...]:
