@@ -21,6 +21,11 @@ def option_int(owner: str, name: str, value: Any, minimum: int | None = 1) -> in
     return number
 
 
+def option_ints(owner: str, **values: Any) -> tuple[int, ...]:
+    """Each keyword an int >= 1 (sizes, counts), in the order given."""
+    return tuple(option_int(owner, name, value) for name, value in values.items())
+
+
 def option_number(owner: str, name: str, value: Any) -> float:
     """A finite real number (numpy and 0-d torch numbers too, not bool)."""
     try:

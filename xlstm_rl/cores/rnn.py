@@ -12,19 +12,9 @@ from tensordict import TensorDict
 from torch import nn
 
 from xlstm_rl.cores.base import MemoryCore, make_state, reset_rows
-from xlstm_rl.cores.options import option_int
+from xlstm_rl.cores.options import option_ints
 
 _CELL_WEIGHTS = ("weight_ih", "weight_hh", "bias_ih", "bias_hh")
-
-
-def _sizes(core, input_size, hidden_size, num_layers) -> tuple[int, int, int]:
-    owner = type(core).__name__
-    return tuple(
-        option_int(owner, name, value)
-        for name, value in zip(
-            ("input_size", "hidden_size", "num_layers"), (input_size, hidden_size, num_layers)
-        )
-    )
 
 
 class _TorchRNNCore(MemoryCore):
@@ -36,7 +26,12 @@ class _TorchRNNCore(MemoryCore):
 
     def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1):
         super().__init__()
-        input_size, hidden_size, num_layers = _sizes(self, input_size, hidden_size, num_layers)
+        input_size, hidden_size, num_layers = option_ints(
+            type(self).__name__,
+            input_size=input_size,
+            hidden_size=hidden_size,
+            num_layers=num_layers,
+        )
         self.input_size, self.hidden_size, self.output_size = input_size, hidden_size, hidden_size
         self.num_layers = num_layers
         self.rnn = self.rnn_cls(input_size, hidden_size, num_layers=num_layers, batch_first=True)
@@ -152,7 +147,12 @@ class MLPCore(MemoryCore):
 
     def __init__(self, input_size: int, hidden_size: int, num_layers: int = 2):
         super().__init__()
-        input_size, hidden_size, num_layers = _sizes(self, input_size, hidden_size, num_layers)
+        input_size, hidden_size, num_layers = option_ints(
+            type(self).__name__,
+            input_size=input_size,
+            hidden_size=hidden_size,
+            num_layers=num_layers,
+        )
         self.input_size, self.hidden_size, self.output_size = input_size, hidden_size, hidden_size
         layers, width = [], input_size
         for _ in range(num_layers):

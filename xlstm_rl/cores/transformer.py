@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from xlstm_rl.cores.base import MemoryCore, make_state
-from xlstm_rl.cores.options import option_int, option_number
+from xlstm_rl.cores.options import option_ints, option_number
 
 
 class GRUGate(nn.Module):
@@ -110,15 +110,14 @@ class TransformerCore(MemoryCore):
         ffn_factor: float = 2.0,
     ):
         super().__init__()
-        sizes = dict(
+        option_ints(
+            "TransformerCore",
             input_size=input_size,
             hidden_size=hidden_size,
             num_layers=num_layers,
             num_heads=num_heads,
             memory_len=memory_len,
         )
-        for name, value in sizes.items():
-            option_int("TransformerCore", name, value)
         if option_number("TransformerCore", "ffn_factor", ffn_factor) <= 0:
             raise ValueError(f"TransformerCore: option ffn_factor must be > 0, got {ffn_factor}")
         self.input_size, self.hidden_size, self.output_size = input_size, hidden_size, hidden_size
