@@ -39,6 +39,7 @@ from xlstm_rl.agents.encoders import obs_to_tensor
 from xlstm_rl.agents.policy import Policy
 from xlstm_rl.config import TrainConfig
 from xlstm_rl.envs import make_env
+from xlstm_rl.kernels.validate import as_int
 
 EVAL_SEED_OFFSET = 1_000_000
 EVAL_WIDTH = 16
@@ -145,11 +146,8 @@ def _evaluate_policy(policy, config, episodes, first_seed, deterministic, per_ep
 def _check_cap(max_episode_steps: int | str | None) -> None:
     if max_episode_steps is None or max_episode_steps == "auto":
         return
-    if (
-        isinstance(max_episode_steps, bool)
-        or not isinstance(max_episode_steps, int)
-        or max_episode_steps < 1
-    ):
+    cap = as_int(max_episode_steps)
+    if cap is None or cap < 1:
         raise ValueError(
             f"max_episode_steps must be an int >= 1, 'auto' or None, got {max_episode_steps!r}"
         )
@@ -164,8 +162,8 @@ def _cap_for(env, cap: int | str | None) -> int | None:
     spec = getattr(env, "spec", None)
     if spec is not None and isinstance(spec.max_episode_steps, int):
         limits.append(spec.max_episode_steps)
-    own = getattr(env.unwrapped, "max_steps", None)
-    if isinstance(own, int) and not isinstance(own, bool):
+    own = as_int(getattr(env.unwrapped, "max_steps", None))
+    if own is not None:
         limits.append(own)
     return max(limits)
 
