@@ -25,6 +25,10 @@ class MemoryCore(nn.Module):
     # only the acting step: False where the sequence form branches on where the resets
     # fall (a compile per pattern) or steps through time in Python (a graph T steps long)
     compile_sequence: bool = True
+    # whether the state must be in state_dtype(): torch's fused LSTM/GRU want exactly
+    # their weights' dtype; the other cores cast what they read (under autocast their
+    # state may come back in the autocast dtype, and goes in again as it is)
+    strict_state_dtype: bool = False
 
     def _state_shapes(self) -> dict[str, tuple[int, ...]]:
         """Per-row shapes of the state's leaves, keyed by their (possibly nested) names."""
@@ -76,6 +80,9 @@ class MemoryCore(nn.Module):
         self._check_state(state, B, x.device)
         return self._step(x, state, reset)
 
+    def _strict_dtype(self) -> torch.dtype | None:
+        return self.state_dtype() if self.strict_state_dtype else None
+
     def _device(self) -> torch.device:
         p = next(self.parameters(), None)
         return p.device if p is not None else torch.device("cpu")
@@ -113,7 +120,7 @@ class MemoryCore(nn.Module):
         if (
             isinstance(state, TensorDict)
             and state.batch_size == (B,)
-            and _has_layout(state, _nest(self._state_shapes()), device, self.state_dtype())
+            and _has_layout(state, _nest(self._state_shapes()), device, self._strict_dtype())
         ):
             return
         cls = type(self).__name__
@@ -146,7 +153,7 @@ class MemoryCore(nn.Module):
                     f"{cls}: state entry {key!r} is on {leaf.device} but x is on {device}; "
                     f"move the state with state.to('{device}')"
                 )
-            if leaf.dtype != self.state_dtype():
+            if self.strict_state_dtype and leaf.dtype != self.state_dtype():
                 raise TypeError(
                     f"{cls}: state entry {key!r} is {leaf.dtype}, expected "
                     f"{self.state_dtype()} (initial_state's); use state.to({self.state_dtype()})"
@@ -155,7 +162,7 @@ class MemoryCore(nn.Module):
 
 def _has_layout(state: TensorDict, layout: dict, device: torch.device, dtype) -> bool:
     """Whether ``state`` has exactly the nested keys of ``layout``, leaves of its per-row
-    shapes on ``device`` in ``dtype``."""
+    shapes on ``device`` (in ``dtype`` unless that is None)."""
     if len(state.keys()) != len(layout):
         return False
     for key, value in state.items():
@@ -165,7 +172,9 @@ def _has_layout(state: TensorDict, layout: dict, device: torch.device, dtype) ->
                 return False
         elif expected is None or not isinstance(value, torch.Tensor):
             return False
-        elif value.shape[1:] != expected or value.device != device or value.dtype != dtype:
+        elif value.shape[1:] != expected or value.device != device:
+            return False
+        elif dtype is not None and value.dtype != dtype:
             return False
     return True
 

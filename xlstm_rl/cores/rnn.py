@@ -21,6 +21,7 @@ class _TorchRNNCore(MemoryCore):
     rnn_cls: type[nn.RNNBase]
     state_keys: tuple[str, ...]
     compile_sequence = False  # cut where resets fall: one compile per reset pattern
+    strict_state_dtype = True  # torch's fused layers take only their own dtype
 
     gate_index: int  # which of the fused layer's stacked gates the gate-bias option sets
 
