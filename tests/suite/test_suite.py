@@ -424,3 +424,26 @@ def test_report_says_so_when_no_run_has_finished_without_failing():
     runs.append(Run("x-v0", "a", 2, ok, [(384, 0.5)]))
     report = render_markdown(suite, runs, aggregate(runs, suite), plots=[])
     assert "the finished runs trained for 384 env steps" in report
+
+
+def test_random_floor_script_restricts_the_actions_as_the_runs_do(tmp_path, capsys):
+    import runpy
+
+    import yaml
+
+    suite = yaml.safe_load(SMOKE.read_text())
+    # the active maze with forward only: the junction is reached but never turned at
+    suite["envs"] = [
+        {
+            "name": "Forward",
+            "id": "xlstm_rl/TMaze-v0",
+            "kwargs": {"corridor_length": 3, "passive": False, "max_steps": 6},
+            "overrides": {"env.actions": [2]},
+        }
+    ]
+    path = tmp_path / "forward.yaml"
+    path.write_text(yaml.safe_dump(suite))
+    script = runpy.run_path(str(ROOT / "scripts" / "random_floor.py"))
+    assert script["main"]([str(path), "--episodes", "5"]) == 0
+    # every episode runs to the step limit without a turn: return 0, success 0
+    assert "| Forward | 0.000 ± 0.000 | 0.000 | 6.0 |" in capsys.readouterr().out
