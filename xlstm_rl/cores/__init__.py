@@ -56,27 +56,29 @@ def register_core(name: str, builder) -> None:
     CORES[name] = builder
 
 
-def _valid_options(builder) -> list[str]:
-    params = inspect.signature(builder).parameters
-    names = [p for p in params if p not in ("input_size", "hidden_size", "block_options")]
-    if builder is MLSTMCore:
-        names += BLOCK_OPTIONS["m"]
-    if builder is SLSTMCore:
-        names += BLOCK_OPTIONS["s"]
+def _valid_options(builder) -> list[str] | None:
+    """The keyword options ``builder`` takes; None if it takes any keyword (a registered
+    builder with ``**kwargs``), so that only building it can tell."""
     if builder is _build_xlstm:
-        names = ["pattern", "mlstm", "slstm", *BLOCK_OPTIONS["m"], *BLOCK_OPTIONS["s"]]
-    return sorted(set(names) - {"options"})
+        return sorted({"pattern", "mlstm", "slstm", *BLOCK_OPTIONS["m"], *BLOCK_OPTIONS["s"]})
+    params = inspect.signature(builder).parameters.values()
+    # the block stacks pass their **block_options on to a block config
+    extra = {MLSTMCore: BLOCK_OPTIONS["m"], SLSTMCore: BLOCK_OPTIONS["s"]}.get(builder)
+    anything = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params)
+    if anything and extra is None:
+        return None
+    names = {
+        p.name
+        for p in params
+        if p.name not in ("input_size", "hidden_size")
+        and p.kind is not inspect.Parameter.VAR_KEYWORD
+    }
+    return sorted(names | set(extra or ()))
 
 
 def option_names(name: str) -> list[str] | None:
-    """The options core ``name`` takes; None if its builder takes any keyword (a
-    registered builder with ``**kwargs``), so that only building it can tell."""
-    builder = CORES[name]
-    builtin = builder in (MLSTMCore, SLSTMCore, _build_xlstm)
-    params = inspect.signature(builder).parameters.values()
-    if not builtin and any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params):
-        return None
-    return _valid_options(builder)
+    """The options core ``name`` takes; None if its builder takes any keyword."""
+    return _valid_options(CORES[name])
 
 
 def build_core(name: str, input_size: int, hidden_size: int, **options) -> MemoryCore:
@@ -89,9 +91,9 @@ def build_core(name: str, input_size: int, hidden_size: int, **options) -> Memor
     except TypeError as err:
         if "unexpected keyword argument" not in str(err):
             raise
-        raise ValueError(
-            f"bad option for core {name!r}: {err}; valid options: {_valid_options(builder)}"
-        ) from None
+        valid = _valid_options(builder)
+        known = "" if valid is None else f"; valid options: {valid}"
+        raise ValueError(f"bad option for core {name!r}: {err}{known}") from None
 
 
 __all__ = [
