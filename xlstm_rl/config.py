@@ -277,14 +277,21 @@ def _coerce(key: str, value: Any, hint: Any) -> Any:
                 return value
             if isinstance(value, str) and value.lower() in ("true", "false", "yes", "no", "1", "0"):
                 return value.lower() in ("true", "yes", "1")
+            if isinstance(value, int) and value in (0, 1):  # `compile: 1` in YAML, as "1" is
+                return bool(value)
         elif option is int:
             if isinstance(value, int) and not isinstance(value, bool):
                 return value
             if isinstance(value, float) and value.is_integer():  # 1e6 in YAML is a float
                 return int(value)
             if isinstance(value, str):
+                digits = value.strip().replace("_", "")
                 try:
-                    number = float(value.replace("_", ""))
+                    return int(digits)  # exact, however long
+                except ValueError:
+                    pass
+                try:
+                    number = float(digits)  # "1e6", "2.0"
                 except ValueError:
                     continue
                 if number.is_integer():

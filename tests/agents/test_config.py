@@ -40,6 +40,14 @@ def test_defaults_and_yaml_and_overrides(tmp_path):
     assert config.ppo.lr == 3e-4 and config.seed == 7 and config.ppo.target_kl is None
     assert config.env.kwargs == {"corridor_length": 20} and config.ppo.clip_vloss is False
     assert load_config({"total_steps": 1e6}).total_steps == 1_000_000  # YAML's 1e6 is a float
+    # integer strings are read exactly (a float would round past 2**53), "1e6" still works
+    big = load_config({}, {"total_steps": "12345678901234567"}).total_steps
+    assert big == 12345678901234567
+    assert load_config({}, {"total_steps": "2_048_000"}).total_steps == 2_048_000
+    assert load_config({}, {"total_steps": "1e6"}).total_steps == 1_000_000
+    # a bool reads 0 and 1 as YAML ints as it reads "0" and "1" from the command line
+    assert load_config({"compile": 1}).compile is True
+    assert load_config({"ppo": {"clip_vloss": 0}}).ppo.clip_vloss is False
     # a list from the command line is YAML, like a dict
     assert load_config({}, {"env.actions": "[0, 1, 2]"}).env.actions == [0, 1, 2]
     assert load_config(config) == config
@@ -56,6 +64,8 @@ def test_defaults_and_yaml_and_overrides(tmp_path):
         ({"ppo": {"gamma": 1.5}}, r"ppo.gamma must be in \[0, 1\]"),
         ({"ppo": {"adam_eps": 0.0}}, r"ppo.adam_eps must be > 0, got 0.0"),
         ({"ppo": {"clip_vloss": "maybe"}}, r"ppo.clip_vloss must be bool"),
+        ({"ppo": {"clip_vloss": 2}}, r"ppo.clip_vloss must be bool, got 2"),
+        ({"total_steps": "2.5"}, r"total_steps must be int, got .2.5."),
         ({"env": {"num_envs": 0}}, r"env.num_envs must be >= 1"),
         ({"env": {"num_envs": 6}}, r"num_envs \(6\) must be divisible by ppo.num_minibatches"),
         ({"core": {"name": "rnn9"}}, r"core.name must be one of .*mlstm"),
