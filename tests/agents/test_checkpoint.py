@@ -82,9 +82,17 @@ def test_damaged_checkpoints_give_clear_errors(tmp_path):
     with pytest.raises(ckpt.CheckpointError, match="empty or cut short"):
         ckpt.load_checkpoint(empty)
 
+    text = tmp_path / "notes.pt"  # torch's unpickler reads 'h' as an opcode: "KeyError: 104"
+    text.write_text("hello world\n")
+    with pytest.raises(ckpt.CheckpointError, match=r"not a file torch.save wrote .*b'hello"):
+        ckpt.load_checkpoint(text)
+
     other = tmp_path / "other.pt"
     torch.save({"weights": torch.zeros(2)}, other)
-    with pytest.raises(ckpt.CheckpointError, match="not an xlstm-rl checkpoint"):
+    with pytest.raises(ckpt.CheckpointError, match=r"not an xlstm-rl checkpoint.*\['weights'\]"):
+        ckpt.load_checkpoint(other)
+    torch.save([1, 2], other)
+    with pytest.raises(ckpt.CheckpointError, match="not an xlstm-rl checkpoint: it holds a list"):
         ckpt.load_checkpoint(other)
 
     with pytest.raises(FileNotFoundError):

@@ -74,10 +74,18 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     except Exception as e:  # torch raises many kinds (OSError, RuntimeError, UnpicklingError...)
         raise CheckpointError(
             f"{path} is not a readable checkpoint (truncated, corrupt, or not written by "
-            f"xlstm-rl): {_load_error_detail(e)}"
+            f"xlstm-rl): {_load_error_detail(e, path)}"
         ) from e
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
-        raise CheckpointError(f"{path} is not an xlstm-rl checkpoint")
+        if isinstance(payload, dict):
+            keys = sorted(map(str, payload))
+            what = f"a dict with keys {keys[:8]}{' ...' if len(keys) > 8 else ''}"
+        else:
+            what = f"a {type(payload).__name__}"
+        raise CheckpointError(
+            f"{path} is not an xlstm-rl checkpoint: it holds {what}, where an xlstm-rl "
+            f"checkpoint is a dict with format {FORMAT!r}, config, model and training state"
+        )
     if payload.get("version") != VERSION:
         raise CheckpointError(
             f"{path} has checkpoint version {payload.get('version')}, this xlstm-rl reads {VERSION}"
@@ -115,7 +123,7 @@ def load_weights(module: Any, state: Any, path: str | os.PathLike, what: str = "
         ) from e
 
 
-def _load_error_detail(e: Exception) -> str:
+def _load_error_detail(e: Exception, path: Path) -> str:
     """The part of torch.load's error that says what is wrong with the file.
 
     For a file its safe unpickler refuses, torch's message opens with advice to load
@@ -131,6 +139,14 @@ def _load_error_detail(e: Exception) -> str:
         )
     if isinstance(e, EOFError):
         return "the file ends before its data does (empty or cut short)"
+    try:
+        with open(path, "rb") as file:
+            head = file.read(16)
+    except OSError:
+        head = None
+    # torch.save writes a zip archive (or, in its legacy format, a pickle: protocol 2+)
+    if head and not head.startswith((b"PK\x03\x04", b"\x80")):
+        return f"not a file torch.save wrote (it begins {head!r})"
     return f"{type(e).__name__}: {text.splitlines()[0] if text else ''}"
 
 
