@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from xlstm_rl.cli import main
-from xlstm_rl.config import ConfigError
+from xlstm_rl.config import ConfigError, load_config
 from xlstm_rl.suite import build_report, load_suite, run_suite
 from xlstm_rl.suite.runner import check_envs, recorded_config
 from xlstm_rl.suite.spec import suite_from_dict
@@ -54,6 +54,7 @@ def check_report(out: Path, suite) -> None:
     assert (out / "report" / "summary.png").read_bytes()[:8] == PNG_MAGIC
     assert "95% Student-t interval" in report
     assert "| core | mean eval return | mean MMER | seeds |" in report
+    assert "200 episodes on held-out env seeds from 1,000,000 (a run with seed s" in report
     floors = json.loads((out / "report" / "random_floor.json").read_text())
     assert sorted(floors) == sorted(env.name for env in suite.envs)
     for env in suite.envs:
@@ -78,6 +79,18 @@ def test_smoke_suite_end_to_end(smoke):
         assert (result["env"], result["core"], result["seed"]) == (spec.env, spec.core, spec.seed)
         assert result["final_eval"]["episodes"] == 4 and result["global_step"] == 384
         assert result["config"]["policy"]["prev_action"] is True
+        # config.yaml is a whole TrainConfig (defaults filled in) that train reads as it is
+        config = load_config(run_dir / "config.yaml")
+        assert config.to_dict() == result["config"] and config.total_steps == 384
+        assert config.log_dir == str(run_dir) and config.name == "train"
+        place = json.loads((run_dir / "suite_run.json").read_text())
+        assert place == {
+            "suite": "smoke",
+            "env": spec.env,
+            "core": spec.core,
+            "seed": spec.seed,
+            "mmer_window": suite.mmer_window,
+        }
         assert (run_dir / "train" / "checkpoint.pt").stat().st_size > 0
         with (run_dir / "curve.csv").open() as f:
             curve = list(csv.DictReader(f))

@@ -6,7 +6,8 @@ others go on; up to ``workers`` run at once. The layout under ``out``::
 
     suite.yaml                      the suite file, as run (``report`` reads it)
     runs/<env>/<core>/seed<k>/
-        config.yaml                 the run's full TrainConfig
+        config.yaml                 the run's full TrainConfig (``train --config`` reads it)
+        suite_run.json              which suite, env, core and seed the run is
         train/                      TensorBoard events and checkpoint.pt
         log.txt                     the worker's stdout and stderr
         curve.csv                   step, episodic return/length/success per update
@@ -39,7 +40,7 @@ import yaml
 
 from xlstm_rl.config import ConfigError, config_diff, load_config
 from xlstm_rl.suite.spec import RunSpec, SuiteSpec, load_suite
-from xlstm_rl.suite.worker import write_json
+from xlstm_rl.suite.worker import SUITE_RUN, write_json
 
 LOG_TAIL_CHARS = 4000
 # where a run lies and how fast it goes, not what it learns: free to differ on a rerun
@@ -67,17 +68,18 @@ def read_result(run_dir: Path) -> dict[str, Any] | None:
     return json.loads(path.read_text()) if path.is_file() else None
 
 
-def run_config(spec: RunSpec, suite: SuiteSpec, out: Path) -> dict[str, Any]:
-    """What the run's config.yaml holds: its TrainConfig mapping and the suite's note."""
-    config = dict(spec.config, log_dir=str(spec.run_dir(out)), name="train")
-    config["suite_run"] = {
+def run_config(spec: RunSpec, suite: SuiteSpec, out: Path) -> tuple[dict[str, Any], dict]:
+    """What the run's config.yaml holds (its full TrainConfig, defaults filled in, as
+    ``xlstm-rl train --config`` reads it) and what its suite_run.json holds."""
+    config = load_config(dict(spec.config, log_dir=str(spec.run_dir(out)), name="train"))
+    meta = {
         "suite": suite.name,
         "env": spec.env,
         "core": spec.core,
         "seed": spec.seed,
         "mmer_window": suite.mmer_window,
     }
-    return config
+    return config.to_dict(), meta
 
 
 def recorded_config(run_dir: Path) -> tuple[str, dict[str, Any]] | None:
@@ -186,8 +188,9 @@ def _prepare(spec: RunSpec, suite: SuiteSpec, out: Path, fresh: bool) -> None:
         (run_dir / "result.json").unlink()
         shutil.rmtree(run_dir / "train", ignore_errors=True)
     run_dir.mkdir(parents=True, exist_ok=True)
-    config = run_config(spec, suite, out)
+    config, meta = run_config(spec, suite, out)
     (run_dir / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+    write_json(run_dir / SUITE_RUN, meta)
 
 
 def _run_one(spec: RunSpec, out: Path) -> dict[str, Any]:
@@ -207,10 +210,7 @@ def _run_one(spec: RunSpec, out: Path) -> dict[str, Any]:
         tail = (run_dir / "log.txt").read_text()[-LOG_TAIL_CHARS:]
         last = next((line for line in reversed(tail.splitlines()) if line.strip()), "")
         result = {
-            "suite": None,
-            "env": spec.env,
-            "core": spec.core,
-            "seed": spec.seed,
+            **json.loads((run_dir / SUITE_RUN).read_text()),
             "status": "failed",
             "error": f"worker exited with code {code} and no result: {last}",
             "traceback": tail,

@@ -1,11 +1,12 @@
 """One suite run in its own process: ``python -m xlstm_rl.suite RUN_DIR``.
 
 Reads ``RUN_DIR/config.yaml`` (a full TrainConfig whose log dir is RUN_DIR and name
-``train``), trains, resuming from ``RUN_DIR/train/checkpoint.pt`` if an earlier
-attempt left one, and writes the learning curve (``curve.csv``, read back from the
-run's TensorBoard events) and ``result.json``. Any exception is caught and recorded
-in ``result.json`` as a failed run; the file is written last, atomically, so its
-presence means the run is finished.
+``train``) and ``RUN_DIR/suite_run.json`` (the run's place in its suite), trains,
+resuming from ``RUN_DIR/train/checkpoint.pt`` if an earlier attempt left one, and
+writes the learning curve (``curve.csv``, read back from the run's TensorBoard events)
+and ``result.json``. Any exception is caught and recorded in ``result.json`` as a
+failed run; the file is written last, atomically, so its presence means the run is
+finished.
 """
 
 from __future__ import annotations
@@ -69,6 +70,9 @@ def write_csv(path: Path, rows: list[dict[str, Any]], columns) -> None:
     tmp.replace(path)
 
 
+SUITE_RUN = "suite_run.json"  # suite, env, core, seed and mmer_window of a run
+
+
 def write_json(path: Path, data: dict[str, Any]) -> None:
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(data, indent=2, default=str) + "\n")
@@ -102,7 +106,8 @@ def run(run_dir: Path) -> dict[str, Any]:
     from xlstm_rl.config import load_config
 
     data = yaml.safe_load((run_dir / "config.yaml").read_text())
-    meta = data.pop("suite_run")
+    # runs prepared before suite_run.json existed kept this in config.yaml
+    meta = data.pop("suite_run", None) or json.loads((run_dir / SUITE_RUN).read_text())
     config = load_config(data)
     log_dir = run_dir / config.name
     checkpoint = log_dir / "checkpoint.pt"
