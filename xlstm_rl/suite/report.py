@@ -322,9 +322,16 @@ def render_markdown(
         lines += ["", "Not run yet (left out of the table): " + "; ".join(missing) + "."]
     if floors:
         lines += ["", "## Random-policy floor", ""]
+        first = next(iter(floors.values())).get("first_seed")
+        seeds = (
+            f"held-out env seeds from {first:,} (a run with seed s evaluates on seeds from "
+            f"{first:,} + s, so the two sets overlap)"
+            if isinstance(first, int)
+            else "held-out env seeds"
+        )
         lines += [
-            f"Uniformly random actions, {RANDOM_EPISODES} episodes on the same held-out "
-            "seeds as the final evaluation: mean return ± std, success rate.",
+            f"Uniformly random actions, {RANDOM_EPISODES} episodes on {seeds}: mean "
+            "return ± std, success rate.",
             "",
         ]
         lines += _table(
