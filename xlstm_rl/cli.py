@@ -187,6 +187,16 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, FileNotFoundError, CheckpointError) as e:
         # Bad configs, unknown env ids or core options, damaged checkpoints: one clear line.
         parser.exit(2, f"xlstm-rl {args.command}: error: {e}\n")
+    except FloatingPointError as e:  # training's TrainingDiverged: a NaN/inf loss
+        checkpoint = getattr(e, "checkpoint", None)
+        then = (
+            f"the last checkpoint, from before it: {checkpoint} (resuming repeats the same "
+            "steps exactly: change --ppo.lr or --ppo.max_grad_norm, or look for NaN/inf in the "
+            "env's observations and rewards)"
+            if checkpoint is not None
+            else "no checkpoint was written yet"
+        )
+        parser.exit(1, f"xlstm-rl {args.command}: error: training stopped {e}; {then}\n")
     except KeyboardInterrupt as e:
         # Ctrl-C: checkpoints are written atomically, so the last one is whole; say how
         # to go on rather than print a traceback from wherever the run was

@@ -5,6 +5,7 @@ import re
 
 import pytest
 import torch
+import yaml
 
 from tests.agents.conftest import interrupting_collect, tiny_config
 from xlstm_rl.agents import checkpoint as ckpt
@@ -158,3 +159,38 @@ def test_a_checkpoint_with_damaged_contents_names_the_file_and_the_fault(
     with pytest.raises(SystemExit) as exit_:
         main(["train", "--resume", str(damaged), "--quiet", "--total_steps", "192"])
     assert exit_.value.code == 2
+
+
+def test_a_non_finite_loss_names_its_update_and_the_checkpoint_before_it(
+    tmp_path, monkeypatch, capsys
+):
+    from xlstm_rl.agents.training import TrainingDiverged
+    from xlstm_rl.cli import main
+
+    collect, calls = Collector.collect, []
+
+    def nan_rewards_at_update_3(self):
+        rollout, state, episodes = collect(self)
+        calls.append(1)
+        if len(calls) == 3:
+            rollout["reward"][0, 5] = float("nan")
+        return rollout, state, episodes
+
+    monkeypatch.setattr(Collector, "collect", nan_rewards_at_update_3)
+    config = tiny_config(tmp_path)  # 4 updates of 64 env steps, a checkpoint every 2
+    with pytest.raises(TrainingDiverged) as error:
+        train(config, progress=False)
+    checkpoint = tmp_path / "runs" / "test" / "checkpoint.pt"
+    assert (error.value.update, error.value.global_step) == (3, 128)
+    assert error.value.checkpoint == checkpoint and ckpt.load_checkpoint(checkpoint)["update"] == 2
+    assert str(error.value).startswith("at update 3 (after global step 128): non-finite loss nan")
+    # the command line: one line naming the update and the checkpoint, exit status 1
+    calls.clear()
+    args = ["train", "--config", str(tmp_path / "c.yaml"), "--quiet", "--name", "cli"]
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(config.to_dict()))
+    with pytest.raises(SystemExit) as exit_:
+        main(args)
+    assert exit_.value.code == 1
+    err = capsys.readouterr().err
+    assert err.startswith("xlstm-rl train: error: training stopped at update 3 (after global step")
+    assert str(tmp_path / "runs" / "cli" / "checkpoint.pt") in err and "Traceback" not in err

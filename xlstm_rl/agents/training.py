@@ -73,6 +73,16 @@ class TrainingInterrupted(KeyboardInterrupt):
         self.checkpoint = checkpoint
 
 
+class TrainingDiverged(FloatingPointError):
+    """A non-finite loss stopped training at ``update`` (1-based), after ``global_step``
+    env steps; ``checkpoint`` is the run's latest checkpoint (from before that update),
+    None if none was written yet."""
+
+    def __init__(self, detail: str, update: int, global_step: int, checkpoint: Path | None):
+        super().__init__(f"at update {update} (after global step {global_step}): {detail}")
+        self.update, self.global_step, self.checkpoint = update, global_step, checkpoint
+
+
 def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -321,7 +331,11 @@ def _train(config, payload, resume, world, device, progress) -> TrainResult:
 
             rollout, initial_state, episodes = collector.collect()
             rollout = compute_advantages(rollout, config.ppo.gamma, config.ppo.gae_lambda)
-            metrics = update(model, optimizer, rollout, initial_state, config)
+            try:
+                metrics = update(model, optimizer, rollout, initial_state, config)
+            except FloatingPointError as err:  # a NaN/inf loss, raised before any step on it
+                last = checkpoint_path if checkpoint_path.is_file() else None
+                raise TrainingDiverged(str(err), update_idx, global_step, last) from err
             steps, metrics, episodes = distributed.reduce_update(
                 config.steps_per_update, metrics, episodes, device
             )

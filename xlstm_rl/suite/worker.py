@@ -89,15 +89,12 @@ def rolling_max_mean(values: list[float], window: int) -> float:
     return max(sums)
 
 
-def _failure_message(err: BaseException, scalars: dict, steps_per_update: int) -> str:
-    message = f"{type(err).__name__}: {err}"
-    if isinstance(err, FloatingPointError):
-        updates_done = len(scalars.get(UPDATE_TAG, {}))
-        message = (
-            f"{type(err).__name__} at update {updates_done + 1} (after global step "
-            f"{updates_done * steps_per_update}): {err}"
-        )
-    return message
+def _failure_message(err: BaseException) -> str:
+    from xlstm_rl.agents.training import TrainingDiverged
+
+    if isinstance(err, TrainingDiverged):  # its text names the update and global step
+        return f"FloatingPointError {err}"
+    return f"{type(err).__name__}: {err}"
 
 
 def run(run_dir: Path) -> dict[str, Any]:
@@ -122,7 +119,7 @@ def run(run_dir: Path) -> dict[str, Any]:
     except Exception as err:  # recorded, not raised: one bad run must not stop the suite
         result.update(
             status="failed",
-            error=_failure_message(err, read_scalars(log_dir), config.steps_per_update),
+            error=_failure_message(err),
             traceback=traceback.format_exc(),
             final_eval={},
         )
