@@ -4,6 +4,7 @@ Each run is a subprocess that imports torch, so these tests take tens of seconds
 """
 
 import csv
+import dataclasses
 import json
 import os
 from pathlib import Path
@@ -178,6 +179,12 @@ def test_suite_file_errors_name_the_key_and_the_file(tmp_path):
     seeds.write_text("name: s\ncores: [gru]\nseeds: [1, two]\nenvs: [{id: x-v0}]\n")
     with pytest.raises(ConfigError, match=rf"^{seeds}: suite: seeds must be a list of ints"):
         load_suite(seeds)
+    base = {"cores": ["gru"], "seeds": [1], "envs": [{"id": "x-v0"}]}
+    # the report reads only these two final-eval keys (another one was a KeyError there)
+    with pytest.raises(ConfigError, match=r"solve.metric must be one of \('success_rate'"):
+        suite_from_dict({**base, "solve": {"metric": "succes_rate", "threshold": 0.9}})
+    with pytest.raises(ConfigError, match=r"solve.threshold must be a finite number, got 'high'"):
+        suite_from_dict({**base, "solve": {"metric": "return_mean", "threshold": "high"}})
     broken = tmp_path / "broken.yaml"
     broken.write_text("name: s\ncores: [gru\nseeds: [1]\n")
     with pytest.raises(ConfigError, match=rf"^{broken} is not valid YAML") as e:
@@ -381,6 +388,18 @@ def test_per_core_summary_means_eval_and_mmer_over_envs_then_seeds():
     assert seeds_b == 1 and eval_b == pytest.approx(-0.5) and mmer_b == pytest.approx(-0.5)
     assert eval_b_ci != eval_b_ci  # one seed: no interval (nan)
 
+    # an env whose every run failed is left out (it blanked every core's summary)
+    dead = [
+        run("E3", core, seed, 0.0, [0.0], {"status": "failed"}) for core in "ab" for seed in (1, 2)
+    ]
+    assert repr(per_core_summary(runs + dead, suite)) == repr(summary)  # nan != nan
+    # a seed without an MMER on some env (no episode ended in training) counts in neither
+    # column, so both are over the same seeds
+    runs[1] = run("E2", "a", 1, 0.4, [])
+    eval_a, eval_a_ci, mmer_a, mmer_a_ci, seeds_a = per_core_summary(runs, suite)["a"]
+    assert seeds_a == 1 and eval_a == pytest.approx(0.7) and mmer_a == pytest.approx(0.55)
+    assert eval_a_ci != eval_a_ci and mmer_a_ci != mmer_a_ci
+
 
 def test_report_of_a_partial_matrix_leaves_out_what_was_not_run():
     from xlstm_rl.suite.report import Run, aggregate, render_markdown
@@ -421,6 +440,10 @@ def test_report_of_a_partial_matrix_leaves_out_what_was_not_run():
     report = render_markdown(suite, runs, aggregate(runs, suite), plots=[])
     assert "Not run yet (left out of the table): c on every environment." in report
     assert "| b | 10 | 100 |" in report
+    # a run whose training ended no episode has no MMER: the cell says over how many seeds
+    runs[-1] = dataclasses.replace(runs[-1], curve=[])
+    report = render_markdown(suite, runs, aggregate(runs, suite), plots=[])
+    assert "| T100 | b | 2/2 | 0.000 ± 0.000 | 0.50 ± 0.00 | 0.000 (n=1) |" in report
 
 
 def test_report_says_so_when_no_run_has_finished_without_failing():

@@ -35,7 +35,7 @@ SUMMARY_COLUMNS = (
     "eval_return_mean", "eval_return_ci95",
     "eval_success_mean", "eval_success_ci95",
     "mmer_mean", "mmer_ci95", "env_steps", "wall_time_s_mean",
-    "train_solved_seeds", "train_steps_to_solve_mean",
+    "train_solved_seeds", "train_steps_to_solve_mean", "mmer_seeds",
 )  # fmt: skip
 
 
@@ -131,7 +131,7 @@ def aggregate(runs: list[Run], suite: SuiteSpec) -> list[dict[str, Any]]:
         for core in suite.cores:
             group = [r for r in runs if r.env == env.name and r.core == core]
             ok = [r for r in group if r.ok]
-            mmer = [r.mmer(suite.mmer_window) for r in ok]
+            mmer = [r.mmer(suite.mmer_window) for r in ok]  # nan: no episode ended in training
             ret, ret_ci = mean_ci([r.final("return_mean") for r in ok])
             succ, succ_ci = mean_ci([r.final("success_rate") for r in ok])
             mm, mm_ci = mean_ci(mmer)
@@ -141,7 +141,7 @@ def aggregate(runs: list[Run], suite: SuiteSpec) -> list[dict[str, Any]]:
             rows.append(dict(zip(SUMMARY_COLUMNS, (
                 env.name, core, len(ok), len(group) - len(ok),
                 ret, ret_ci, succ, succ_ci, mm, mm_ci, steps_label(ok), wall,
-                len(solved), mean_ci(solved)[0],
+                len(solved), mean_ci(solved)[0], sum(not math.isnan(m) for m in mmer),
             ))))  # fmt: skip
     return rows
 
@@ -163,17 +163,22 @@ def steps_label(runs: list[Run]) -> str:
 def per_core_summary(runs: list[Run], suite: SuiteSpec) -> dict[str, tuple]:
     """Per core: the means over envs of the final eval return and of the MMER, per seed,
     then their t-intervals over seeds: (eval mean, eval half-width, MMER mean, MMER
-    half-width, seeds). Only envs with finished runs count, and only seeds with a
-    successful run on each."""
+    half-width, seeds). Only envs with a successful run (of any core) count, and only
+    seeds with a successful run on each of them whose eval return and MMER are both
+    defined, so both columns are over the same seeds."""
     summary = {}
-    ran_envs = {r.env for r in runs}
+    ran_envs = {r.env for r in runs if r.ok}
     for core in suite.cores:
         evals, mmers = [], []
         for seed in suite.seeds:
             done = [r for r in runs if r.core == core and r.seed == seed and r.ok]
-            if done and len(done) == len(ran_envs):
-                evals.append(sum(r.final("return_mean") for r in done) / len(done))
-                mmers.append(sum(r.mmer(suite.mmer_window) for r in done) / len(done))
+            if not done or {r.env for r in done} != ran_envs:
+                continue
+            ev = sum(r.final("return_mean") for r in done) / len(done)
+            mm = sum(r.mmer(suite.mmer_window) for r in done) / len(done)
+            if not (math.isnan(ev) or math.isnan(mm)):
+                evals.append(ev)
+                mmers.append(mm)
         summary[core] = (*mean_ci(evals), *mean_ci(mmers), len(evals))
     return summary
 
@@ -310,7 +315,7 @@ def render_markdown(
             row["env"], row["core"], f"{row['seeds_ok']}/{row['seeds_ok'] + row['seeds_failed']}",
             fmt(row["eval_return_mean"], row["eval_return_ci95"]),
             fmt(row["eval_success_mean"], row["eval_success_ci95"], 2),
-            fmt(row["mmer_mean"], row["mmer_ci95"]), _solve_cell(row), row["env_steps"] or "-",
+            _mmer_cell(row), _solve_cell(row), row["env_steps"] or "-",
             "-" if math.isnan(row["wall_time_s_mean"]) else f"{row['wall_time_s_mean']:.0f}",
         ]
         for row in rows
@@ -344,8 +349,8 @@ def render_markdown(
     summary = per_core_summary(runs, suite)
     lines += ["", "## Per core, mean over environments", ""]
     lines += [
-        "Mean final eval return and mean MMER over the environments with finished runs, "
-        "per seed, then over seeds (only seeds finished on every such environment count).",
+        "Mean final eval return and mean MMER over the environments with successful runs, "
+        "per seed, then over seeds (only seeds successful on every such environment count).",
         "",
     ]
     lines += _table(
@@ -384,6 +389,15 @@ def render_markdown(
         )
     lines += ["", "## Plots", ""] + [f"![{p}]({p})" for p in plots]
     return "\n".join(lines) + "\n"
+
+
+def _mmer_cell(row: dict) -> str:
+    """MMER's mean ± interval, with its n where runs without one (no episode ended during
+    training) left it over fewer seeds than the row's."""
+    text = fmt(row["mmer_mean"], row["mmer_ci95"])
+    if 0 < row["mmer_seeds"] < row["seeds_ok"]:
+        text += f" (n={row['mmer_seeds']})"
+    return text
 
 
 def _solve_cell(row: dict) -> str:

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import math
 import os
 import re
 from dataclasses import dataclass, field
@@ -44,6 +45,7 @@ SUITE_KEYS = (
     "horizon",
 )
 ENV_KEYS = ("name", "id", "kwargs", "overrides")
+SOLVE_METRICS = ("success_rate", "return_mean")  # final eval keys the report reads
 SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")
 
 
@@ -101,6 +103,17 @@ class SuiteSpec:
         _check(
             set(self.solve) == {"metric", "threshold"},
             f"solve must have keys metric and threshold, got {sorted(self.solve)}",
+        )
+        _check(
+            self.solve["metric"] in SOLVE_METRICS,
+            f"solve.metric must be one of {SOLVE_METRICS}, got {self.solve['metric']!r}",
+        )
+        threshold = self.solve["threshold"]
+        _check(
+            isinstance(threshold, int | float)
+            and not isinstance(threshold, bool)
+            and math.isfinite(threshold),
+            f"solve.threshold must be a finite number, got {threshold!r}",
         )
         if self.horizon is not None:
             for env in self.envs:
