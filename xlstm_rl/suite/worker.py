@@ -103,8 +103,7 @@ def run(run_dir: Path) -> dict[str, Any]:
     from xlstm_rl.config import load_config
 
     data = yaml.safe_load((run_dir / "config.yaml").read_text())
-    # runs prepared before suite_run.json existed kept this in config.yaml
-    meta = data.pop("suite_run", None) or json.loads((run_dir / SUITE_RUN).read_text())
+    meta = json.loads((run_dir / SUITE_RUN).read_text())  # the runner writes both files
     config = load_config(data)
     log_dir = run_dir / config.name
     checkpoint = log_dir / "checkpoint.pt"
