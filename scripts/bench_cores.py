@@ -13,6 +13,10 @@ default; ``--no-long`` skips it) each core's training pass at B=16 over T=1,024 
 T=128, per step: about 1 means the cost is linear in T, as it must be for a recurrent
 core (a backward that grows faster, as the step loops once had, shows up here).
 
+The sLSTM cell's rows compare its two CPU backends, the hand-written backward through
+time (``bptt``, what ``auto`` picks) and autograd through the reference loop, at this
+shape and at a PPO minibatch's (B=2, T=256).
+
 ``--compile`` adds a row for the mLSTM core under ``torch.compile`` (the agents'
 ``compile: true``: its elementwise work fused, the cell differentiated by autograd)
 and its ratio to nn.LSTM; the compile itself is not timed.
@@ -98,6 +102,14 @@ def step_fn(core, x, steps_before: int = 10):
     def run():
         with torch.inference_mode():
             core.step(x, state)
+
+    return run
+
+
+def repeat(fn, times: int):
+    def run():
+        for _ in range(times):
+            fn()
 
     return run
 
@@ -197,23 +209,42 @@ def main() -> None:
         f"reference loop {cell_ms['reference']:.1f} ms, "
         f"ratio {cell_ms['reference'] / cell_ms['chunkwise']:.1f}x"
     )
-    # the sLSTM cell alone: its CPU training path is the reference loop over T
-    g = torch.randn(B, T, H, 4, HIDDEN // H, requires_grad=True)
-    R = (0.1 * torch.randn(H, HIDDEN // H, 4, HIDDEN // H)).requires_grad_()
+    # the sLSTM cell alone: the step loop with its hand-written backward (the CPU
+    # training path) against the same loop differentiated by autograd, here and at the
+    # shape of a PPO minibatch (2 envs x 256 steps in configs/ppo_mlstm_minigrid_memory)
+    for b, t_len in ((B, T), (2, 256)):
+        g = torch.randn(b, t_len, H, 4, HIDDEN // H, requires_grad=True)
+        R = (0.1 * torch.randn(H, HIDDEN // H, 4, HIDDEN // H)).requires_grad_()
+        cell_resets = torch.rand(b, t_len) < RESET_RATE
 
-    def slstm_cell_pass():
-        h, _ = slstm_sequence(g, R, resets=resets)
-        h.square().mean().backward()
+        def slstm_cell_pass(backend, g=g, R=R, cell_resets=cell_resets):
+            def run():
+                h, _ = slstm_sequence(g, R, resets=cell_resets, backend=backend)
+                h.square().mean().backward()
 
-    slstm_ms = timeit(slstm_cell_pass, max(3, args.repeats // 2))
-    print(f"sLSTM cell alone (kernel layer, fwd+bwd, the step loop): {slstm_ms:.1f} ms")
+            return run
+
+        bptt_ms = timeit(slstm_cell_pass("bptt"), max(3, args.repeats // 2))
+        ref_ms = timeit(slstm_cell_pass("reference"), max(3, args.repeats // 2))
+        ratios = paired_ratios(
+            slstm_cell_pass("reference"), slstm_cell_pass("bptt"), max(2, args.repeats // 2)
+        )
+        print(
+            f"sLSTM cell alone (kernel layer, fwd+bwd) at B={b}, T={t_len}: hand-written "
+            f"backward {bptt_ms:.1f} ms, autograd through the loop {ref_ms:.1f} ms; "
+            f"autograd / hand-written in alternation: median {statistics.median(ratios):.2f}"
+        )
 
     mlstm = build_core("mlstm", HIDDEN, HIDDEN)
-    early = timeit(step_fn(mlstm, x_step, 10), args.repeats * 10)
-    late = timeit(step_fn(mlstm, x_step, 10_000), args.repeats * 10)
+    early_fn, late_fn = step_fn(mlstm, x_step, 10), step_fn(mlstm, x_step, 10_000)
+    early = timeit(early_fn, args.repeats * 10)
+    late = timeit(late_fn, args.repeats * 10)
+    # per-pair ratios of batches of 10 steps: one disturbed best time cannot move it
+    ratios = paired_ratios(repeat(late_fn, 10), repeat(early_fn, 10), max(2, args.repeats))
     print(
         f"mLSTM step at t=10: {early:.3f} ms, at t=10,000: {late:.3f} ms, "
-        f"ratio {late / early:.2f}  (target within 10%)"
+        f"ratio {late / early:.2f}; in alternation: median {statistics.median(ratios):.2f}, "
+        f"quartiles {quartiles(ratios)}  (target within 10%)"
     )
     if args.long:
         print(f"training pass per step, T=1,024 over T=128 (B={B_STEP}): " + long_ratios(args))

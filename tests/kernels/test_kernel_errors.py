@@ -17,7 +17,8 @@ from xlstm_rl.kernels import (
 from xlstm_rl.kernels.mlstm.chunkwise import mlstm_sequence_chunkwise
 from xlstm_rl.kernels.mlstm.reference import mlstm_step_reference
 from xlstm_rl.kernels.registry import resolve
-from xlstm_rl.kernels.slstm.reference import slstm_sequence_reference, slstm_step_reference
+from xlstm_rl.kernels.slstm.bptt import slstm_sequence_bptt
+from xlstm_rl.kernels.slstm.reference import slstm_step_reference
 
 from .helpers import random_inputs, random_slstm_inputs, random_state
 
@@ -59,7 +60,7 @@ def test_unknown_backend_lists_the_valid_names(op):
 CPU_DEFAULTS = {
     "mlstm_sequence": mlstm_sequence_chunkwise,
     "mlstm_step": mlstm_step_reference,
-    "slstm_sequence": slstm_sequence_reference,
+    "slstm_sequence": slstm_sequence_bptt,
     "slstm_step": slstm_step_reference,
 }
 

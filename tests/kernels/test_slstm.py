@@ -1,4 +1,5 @@
-"""sLSTM reference backend against an independent true-unit loop and the spec's checks."""
+"""sLSTM CPU backends (the reference loop and its hand-written backward, "bptt") against an
+independent true-unit loop and the spec's checks."""
 
 from __future__ import annotations
 
@@ -22,8 +23,14 @@ B, H, DH = 3, 2, 4
 TOL = TOLERANCES[torch.float32]
 
 
-def run(g, R, *, resets=None, state=None):
-    return slstm_sequence(g, R, resets=resets, state=state, backend="reference")
+@pytest.fixture(params=["reference", "bptt"])
+def run(request):
+    """slstm_sequence on one CPU backend; every test here runs on each."""
+
+    def run(g, R, *, resets=None, state=None):
+        return slstm_sequence(g, R, resets=resets, state=state, backend=request.param)
+
+    return run
 
 
 def assert_same_state(state, expected, tol, what="state"):
@@ -51,7 +58,7 @@ def resets_for(T, seed):
 
 @pytest.mark.parametrize("with_state", [False, True], ids=["empty", "state"])
 @pytest.mark.parametrize("T", [1, 7, 63])
-def test_matches_true_unit_loop(T, with_state):
+def test_matches_true_unit_loop(T, with_state, run):
     g, R = random_slstm_inputs(B, T, H, DH, seed=T)
     resets = resets_for(T, seed=T)
     state = random_slstm_state(B, H, DH, seed=T) if with_state else None
@@ -63,7 +70,7 @@ def test_matches_true_unit_loop(T, with_state):
     assert_same_state(state_out, state_ref, TOL["state"])
 
 
-def test_sequence_equals_steps():
+def test_sequence_equals_steps(run):
     T = 25
     g, R = random_slstm_inputs(B, T, H, DH, seed=1)
     resets = resets_for(T, seed=1)
@@ -78,7 +85,7 @@ def test_sequence_equals_steps():
 
 
 @pytest.mark.parametrize("split", [1, 12, 24])
-def test_two_halves_equal_one_pass(split):
+def test_two_halves_equal_one_pass(split, run):
     T = 25
     g, R = random_slstm_inputs(B, T, H, DH, seed=2)
     resets = resets_for(T, seed=2)
@@ -90,7 +97,7 @@ def test_two_halves_equal_one_pass(split):
     assert_same_state(state_b, state_full, TOL["state"])
 
 
-def test_reset_equals_separate_episodes_per_row():
+def test_reset_equals_separate_episodes_per_row(run):
     """Row 0 resets mid-sequence, row 1 never, row 2 at t = 0 and twice in a row."""
     T = 30
     g, R = random_slstm_inputs(B, T, H, DH, seed=3)
@@ -109,7 +116,7 @@ def test_reset_equals_separate_episodes_per_row():
         assert_same_state(row(state_out, b), final, TOL["state"], f"row {b} final state")
 
 
-def test_empty_state_is_decided_per_row():
+def test_empty_state_is_decided_per_row(run):
     """An initial state that is empty (all zeros) in one row only: each row runs as if
     alone, and the stabiliser after the first step follows the spec's rule row by row:
     m_1 = i~ in the empty row, max(log f + m_0, i~) in the others. (The rule changes m
@@ -137,7 +144,7 @@ def test_empty_state_is_decided_per_row():
     assert_close(h, h_ref, TOL["h"], "h vs true loop")
 
 
-@pytest.mark.parametrize("backend", ["reference", "triton"])
+@pytest.mark.parametrize("backend", ["reference", "bptt", "triton"])
 def test_very_negative_input_gate_at_an_empty_state(backend):
     """From the empty state the first step's h is sigmoid(o~) tanh(z~) whatever i~ is: an
     i~ of -120 (so f' = exp(log f - i~) would overflow float32) stays finite, as does the
@@ -184,7 +191,7 @@ def true_loop_grads(g, R, state, resets, weights):
     return dict(zip(GRAD_NAMES, (x.grad for x in leaves)))
 
 
-def backend_grads(g, R, state, resets, weights, dtype):
+def backend_grads(run, g, R, state, resets, weights, dtype):
     leaves = [x.detach().to(dtype).requires_grad_() for x in (g, R, state[0], state[1], state[3])]
     g_, R_, c0, n0, h0 = leaves
     h, final = run(g_, R_, resets=resets, state=(c0, n0, state[2].to(dtype), h0))
@@ -194,7 +201,7 @@ def backend_grads(g, R, state, resets, weights, dtype):
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["f32", "f64"])
-def test_gradients_match_float64_true_loop(dtype):
+def test_gradients_match_float64_true_loop(dtype, run):
     T = 30
     g, R = random_slstm_inputs(B, T, H, DH, seed=5)
     state = random_slstm_state(B, H, DH, seed=5)
@@ -205,13 +212,13 @@ def test_gradients_match_float64_true_loop(dtype):
         for s in ((B, T, H, DH),) + ((B, H, DH),) * 3
     ]
     expected = true_loop_grads(g, R, state, resets, weights)
-    grads = backend_grads(g, R, state, resets, weights, dtype)
+    grads = backend_grads(run, g, R, state, resets, weights, dtype)
     for name in GRAD_NAMES:
         assert grads[name] is not None, f"no gradient for {name}"
         assert_close(grads[name], expected[name], TOLERANCES[dtype]["grad"], f"d{name}")
 
 
-def test_20000_steps_stay_finite():
+def test_20000_steps_stay_finite(run):
     """i~ up to +-30, f~ near +10 and recurrent mixing: 20,000 steps stay finite, and
     agree with the same loop in float64."""
     T = 20_000
@@ -228,7 +235,7 @@ def test_20000_steps_stay_finite():
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
-def test_low_precision_inputs(dtype):
+def test_low_precision_inputs(dtype, run):
     T = 20
     g, R = random_slstm_inputs(B, T, H, DH, seed=7)
     g_low, R_low = g.to(dtype), R.to(dtype)
@@ -238,3 +245,35 @@ def test_low_precision_inputs(dtype):
     assert all(s.dtype == torch.float32 for s in state_low)
     assert_close(h_low, h_wide, TOLERANCES[dtype]["h"], "h")
     assert_same_state(state_low, state_wide, TOLERANCES[dtype]["state"])
+
+
+@pytest.mark.parametrize("wanted", ["g", "R", "h0"])
+def test_bptt_gradient_of_one_input_alone(wanted):
+    """The hand-written backward when only one input asks for a gradient and the loss
+    reads only the final state (no gradient arrives through h): the reference's
+    gradient, to float64 rounding."""
+    T = 17
+    g, R = (x.double() for x in random_slstm_inputs(B, T, H, DH, seed=9))
+    state = tuple(s.double() for s in random_slstm_state(B, H, DH, seed=9))
+    resets = resets_for(T, seed=9)
+    grads = {}
+    for backend in ("reference", "bptt"):
+        inputs = {"g": g.clone(), "R": R.clone(), "h0": state[3].clone()}
+        inputs[wanted].requires_grad_()
+        _, final = slstm_sequence(inputs["g"], inputs["R"], resets=resets, backend=backend,
+                                  state=(*state[:3], inputs["h0"]))  # fmt: skip
+        c, n, _, h = final
+        (c.sum() + 2 * n.sum() - h.sum()).backward()
+        grads[backend] = inputs[wanted].grad
+    assert_close(grads["bptt"], grads["reference"], 1e-12, f"d{wanted}")
+
+
+def test_bptt_output_changed_in_place_is_an_error():
+    """The backward reads the outputs' buffers: changing h in place must fail loudly,
+    not give a wrong gradient."""
+    g, R = random_slstm_inputs(B, 6, H, DH, seed=10)
+    g.requires_grad_()
+    h, _ = slstm_sequence(g, R, backend="bptt")
+    h.mul_(2.0)
+    with pytest.raises(RuntimeError, match="inplace"):
+        h.sum().backward()

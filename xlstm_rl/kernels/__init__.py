@@ -19,6 +19,7 @@ from xlstm_rl.kernels.mlstm.reference import (
     mlstm_step_reference,
 )
 from xlstm_rl.kernels.registry import backends, register_backend, resolve
+from xlstm_rl.kernels.slstm.bptt import slstm_sequence_bptt
 from xlstm_rl.kernels.slstm.reference import (
     slstm_empty_state,
     slstm_sequence_reference,
@@ -30,6 +31,7 @@ register_backend("mlstm_sequence", "parallel", mlstm_sequence_parallel)
 register_backend("mlstm_sequence", "chunkwise", mlstm_sequence_chunkwise)
 register_backend("mlstm_step", "reference", mlstm_step_reference)
 register_backend("slstm_sequence", "reference", slstm_sequence_reference)
+register_backend("slstm_sequence", "bptt", slstm_sequence_bptt)
 register_backend("slstm_step", "reference", slstm_step_reference)
 
 
@@ -147,6 +149,7 @@ __all__ = [
     "register_backend",
     "slstm_empty_state",
     "slstm_sequence",
+    "slstm_sequence_bptt",
     "slstm_sequence_reference",
     "slstm_step",
     "slstm_step_reference",

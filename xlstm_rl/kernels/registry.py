@@ -28,7 +28,7 @@ _BACKENDS: dict[str, dict[str, Backend]] = {op: {} for op in OPS}
 _CPU_DEFAULT = {
     "mlstm_sequence": "chunkwise",
     "mlstm_step": "reference",
-    "slstm_sequence": "reference",
+    "slstm_sequence": "bptt",
     "slstm_step": "reference",
 }
 # tried in order by "auto" before the CPU default
