@@ -13,8 +13,12 @@ m_t and the incoming m treated as constants (the stabiliser carries no gradient)
     dc_{t-1} = dc_t f',  dn_{t-1} = dn_t f',  dh_{t-1} = [di~, df~, dz~, do~] R^T
 
 (z = tanh(z~), o = sigmoid(o~)), each carried gradient zeroed in the rows that reset
-at t. The f' cap at the empty state (``F_EXP_CAP``) needs no term of its own: it acts
-only where c_{t-1} = n_{t-1} = 0, where df~ is zero either way.
+at t, and df~ zeroed where the f' cap at an empty state (``F_EXP_CAP``) was taken, as
+the reference's clamp does.
+
+First-order gradients only (``once_differentiable``: double backward raises, and a
+``create_graph`` through a loss linear in h gets no second-order term), and no
+``torch.func`` transforms: use ``backend="reference"`` for those.
 """
 
 from __future__ import annotations
@@ -47,6 +51,7 @@ class _SLSTMLoop(torch.autograd.Function):
         # f' cap need checking only at those steps
         reset_steps = set() if resets is None else set(resets.any(0).nonzero().flatten().tolist())
         keeps = {t: (~resets[:, t]).to(dt)[:, None, None] for t in reset_steps}
+        capped = {}
         c, n, m, h = c0, n0, m0, h0
         for t in range(T):
             check_empty = t == 0 or t in reset_steps
@@ -63,6 +68,7 @@ class _SLSTMLoop(torch.autograd.Function):
             torch.sub(i_pre, m, out=i_s[t]).exp_()
             exponent = torch.sub(log_f_m, m, out=f_s[t])
             if check_empty:  # <= 0 elsewhere
+                capped[t] = exponent > F_EXP_CAP  # the cap passes no gradient there
                 exponent.clamp_(max=F_EXP_CAP)
             exponent.exp_()
             torch.tanh(z_pre, out=z[t])
@@ -70,8 +76,10 @@ class _SLSTMLoop(torch.autograd.Function):
             n = torch.mul(f_s[t], n, out=n_all[t]).add_(i_s[t])
             torch.sigmoid(o_pre, out=o[t])
             h = torch.div(c, n, out=h_all[:, t]).mul_(o[t])
-        ctx.save_for_backward(R, pre, i_s, f_s, z, o, c_all, n_all, h_all, c0, n0, h0)
-        ctx.keeps, ctx.g_dtype = keeps, g.dtype
+        # h is not saved (the backward recomputes it from o, c and n, the same ops in the
+        # same order), so the caller may change the returned h in place
+        ctx.save_for_backward(R, pre, i_s, f_s, z, o, c_all, n_all, c0, n0, h0)
+        ctx.keeps, ctx.capped, ctx.g_dtype = keeps, capped, g.dtype
         ctx.mark_non_differentiable(m)
         # the final state as tensors of their own: an in-place change to one of them
         # must not reach the buffers the backward reads
@@ -80,11 +88,11 @@ class _SLSTMLoop(torch.autograd.Function):
     @staticmethod
     @once_differentiable
     def backward(ctx, dhs, dc_final, dn_final, _dm, dh_final):
-        R, pre, i_s, f_s, z, o, c_all, n_all, h_all, c0, n0, h0 = ctx.saved_tensors
-        keeps = ctx.keeps
+        R, pre, i_s, f_s, z, o, c_all, n_all, c0, n0, h0 = ctx.saved_tensors
+        keeps, capped = ctx.keeps, ctx.capped
         T, B, H, _, Dh = pre.shape
         dt = pre.dtype
-        h_all = h_all.transpose(0, 1)  # (T, B, H, Dh) like the other buffers
+        h_all = torch.div(c_all, n_all).mul_(o)  # (T, B, H, Dh), the forward's h
         # per-step factors, over all steps at once
         p_c = o / n_all  # dc_t += dh_t * p_c
         p_n = h_all / n_all  # dn_t -= dh_t * p_n
@@ -110,6 +118,8 @@ class _SLSTMLoop(torch.autograd.Function):
             d = dpre[t]
             torch.mul(dc, p_zi[t], out=d[:, :, 0]).addcmul_(dn, i_s[t])
             torch.mul(dc, c_prev, out=d[:, :, 1]).addcmul_(dn, n_prev).mul_(p_f[t])
+            if t in capped:
+                d[:, :, 1].masked_fill_(capped[t], 0.0)
             torch.mul(dc, p_z[t], out=d[:, :, 2])
             torch.mul(dh, p_o[t], out=d[:, :, 3])
             dh = torch.bmm(d.view(B, H, 4 * Dh).transpose(0, 1), RT).transpose(0, 1)
