@@ -30,6 +30,7 @@ from torch.autograd.function import once_differentiable
 from xlstm_rl.kernels.slstm.reference import (
     F_EXP_CAP,
     SState,
+    _compute_dtype,
     slstm_empty_state,
     slstm_sequence_reference,
 )
@@ -102,11 +103,9 @@ class _SLSTMLoop(torch.autograd.Function):
         p_f = f_s * torch.sigmoid(-pre[:, :, :, 1])  # df~ = (dc_t c + dn_t n) * p_f
         RT = R.to(dt).flatten(2).transpose(1, 2)  # (H, 4 Dh, Dh)
         dpre = torch.empty_like(pre)
-        zeros = torch.zeros(B, H, Dh, dtype=dt, device=pre.device)
-        dhs = zeros if dhs is None else dhs.to(dt).transpose(0, 1)  # (T, B, H, Dh)
-        dc = zeros if dc_final is None else dc_final.to(dt)
-        dn = zeros if dn_final is None else dn_final.to(dt)
-        dh = zeros if dh_final is None else dh_final.to(dt)
+        # autograd passes zeros for outputs the loss does not read (materialised grads)
+        dhs = dhs.to(dt).transpose(0, 1)  # (T, B, H, Dh)
+        dc, dn, dh = dc_final.to(dt), dn_final.to(dt), dh_final.to(dt)
         for t in range(T - 1, -1, -1):
             dh = dh + dhs[t]
             dc = torch.addcmul(dc, dh, p_c[t])
@@ -155,7 +154,7 @@ def slstm_sequence_bptt(
         raise ValueError("slstm_sequence needs T >= 1")
     if torch.compiler.is_compiling():  # torch.compile traces (and fuses) the plain loop
         return slstm_sequence_reference(g, R, resets=resets, state=state)
-    dt = torch.float64 if g.dtype == torch.float64 else torch.float32
+    dt = _compute_dtype(g)
     if state is None:
         state = slstm_empty_state(B, H, Dh, g.device, dt)
     c0, n0, m0, h0 = (s.to(dt) for s in state)
