@@ -401,6 +401,50 @@ def test_per_core_summary_means_eval_and_mmer_over_envs_then_seeds():
     assert eval_a_ci != eval_a_ci and mmer_a_ci != mmer_a_ci
 
 
+def test_curves_plot_each_seed_and_spans_the_seeds_not_the_wide_band(tmp_path, monkeypatch):
+    import matplotlib.figure
+
+    from xlstm_rl.suite.plots import plot_curves, seed_band
+    from xlstm_rl.suite.report import Run
+
+    suite = suite_from_dict(
+        {
+            "name": "s",
+            "cores": ["a", "b"],
+            "seeds": [1, 2],
+            "mmer_window": 1,
+            "envs": [{"name": "E", "id": "x-v0"}],
+        }
+    )
+    ok = {"status": "ok"}
+    steps = range(0, 50, 10)
+    runs = [  # core a: one seed learned (0.9), one guessed (0.5); core b: one seed
+        Run("E", "a", 1, ok, [(s, 0.9) for s in steps]),
+        Run("E", "a", 2, ok, [(s, 0.5) for s in steps]),
+        Run("E", "b", 1, ok, [(s, 0.6) for s in steps]),
+    ]
+    grid, mean, half, seeds = seed_band([r.curve for r in runs[:2]], window=1)
+    assert seeds.shape == (2, len(grid)) and mean == pytest.approx([0.7] * len(grid))
+    assert half[0] == pytest.approx(12.706 * 0.2, rel=1e-3)  # t(1) * sd (0.283) / sqrt(2)
+
+    seen = {}
+    save = matplotlib.figure.Figure.savefig
+
+    def record(fig, *args, **kwargs):
+        ax = fig.axes[0]
+        seen["ylim"], seen["lines"] = ax.get_ylim(), len(ax.lines)
+        return save(fig, *args, **kwargs)
+
+    monkeypatch.setattr(matplotlib.figure.Figure, "savefig", record)
+    path = plot_curves(tmp_path, suite, runs, "E", floor=0.1)
+    assert path.is_file()
+    low, high = seen["ylim"]
+    # the band of core a reaches 0.7 +- 2.5; the axis spans the seeds and the floor only
+    assert 0.05 <= low < 0.1 and 0.9 < high <= 0.95
+    # means of a and b, a's two seeds, the floor (one seed: no extra line)
+    assert seen["lines"] == 2 + 2 + 1
+
+
 def test_report_of_a_partial_matrix_leaves_out_what_was_not_run():
     from xlstm_rl.suite.report import Run, aggregate, render_markdown
 

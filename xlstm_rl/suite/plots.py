@@ -2,8 +2,10 @@
 
 Learning curves: each seed's per-update mean training return, smoothed by a
 trailing mean over ``mmer_window`` updates, interpolated onto a common step grid
-(up to the shortest seed's last step); the line is the mean over seeds and the
-band its 95% t-interval.
+(up to the shortest seed's last step); the line is the mean over seeds, the band its
+95% t-interval, and each seed's own curve is drawn thin beside it. The y-axis spans the
+seeds' curves, not the bands: with two or three seeds a t-interval is wide (its quantile
+is 12.7 for two), and a band far past every seed would flatten the curves themselves.
 """
 
 from __future__ import annotations
@@ -33,7 +35,8 @@ def trailing_mean(values: np.ndarray, window: int) -> np.ndarray:
 
 
 def seed_band(curves: list[list[tuple[int, float]]], window: int):
-    """(steps, mean, half-width) over seeds on a common grid; None without data."""
+    """(steps, mean, half-width, per-seed values (seeds, steps)) over seeds on a common
+    grid; None without data."""
     from xlstm_rl.suite.report import t_quantile
 
     curves = [c for c in curves if len(c) >= 1]
@@ -50,7 +53,7 @@ def seed_band(curves: list[list[tuple[int, float]]], window: int):
     mean = values.mean(0)
     n = len(values)
     half = t_quantile(n - 1) * values.std(0, ddof=1) / np.sqrt(n) if n > 1 else np.zeros_like(mean)
-    return grid, mean, half
+    return grid, mean, half, values
 
 
 def plot_curves(
@@ -58,21 +61,31 @@ def plot_curves(
 ) -> Path:
     """Training return per core (seed mean, 95% band); ``floor``: the random policy's return."""
     plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(7, 4))
+    fig, ax = plt.subplots(figsize=(8.5, 4))
+    low, high = np.inf, -np.inf  # the seeds' curves (and the floor): the y-axis spans them
     for core in suite.cores:
         band = seed_band(
             [r.curve for r in runs if r.env == env and r.core == core and r.ok], suite.mmer_window
         )
         if band is None:
             continue
-        steps, mean, half = band
-        (line,) = ax.plot(steps, mean, label=core)
-        ax.fill_between(steps, mean - half, mean + half, color=line.get_color(), alpha=0.2)
+        steps, mean, half, seeds = band
+        (line,) = ax.plot(steps, mean, label=core, linewidth=1.8)
+        color = line.get_color()
+        ax.fill_between(steps, mean - half, mean + half, color=color, alpha=0.1, linewidth=0)
+        if len(seeds) > 1:
+            for values in seeds:
+                ax.plot(steps, values, color=color, linewidth=0.6, alpha=0.35)
+        low, high = min(low, seeds.min()), max(high, seeds.max())
     ax.set(title=f"{suite.name}: {env}", xlabel="env steps", ylabel="training return")
     if ax.lines and floor is not None:
         ax.axhline(floor, color="gray", linestyle=":", linewidth=1, label="random policy")
-    if ax.lines:
-        ax.legend(fontsize="small")
+        low, high = min(low, floor), max(high, floor)
+    if np.isfinite(low) and np.isfinite(high):
+        margin = 0.05 * (high - low) or 0.05 * max(abs(high), 1.0)
+        ax.set_ylim(low - margin, high + margin)
+    if ax.lines:  # outside the axes: the curves fill them
+        ax.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1.0))
     else:
         ax.text(0.5, 0.5, "no finished runs with episodes", ha="center", transform=ax.transAxes)
     fig.tight_layout()
