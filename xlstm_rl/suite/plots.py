@@ -76,7 +76,7 @@ def plot_curves(
         if len(seeds) > 1:
             for values in seeds:
                 ax.plot(steps, values, color=color, linewidth=0.6, alpha=0.35)
-        low, high = min(low, seeds.min()), max(high, seeds.max())
+        low, high = min(low, np.nanmin(seeds)), max(high, np.nanmax(seeds))
     ax.set(title=f"{suite.name}: {env}", xlabel="env steps", ylabel="training return")
     if ax.lines and floor is not None:
         ax.axhline(floor, color="gray", linestyle=":", linewidth=1, label="random policy")

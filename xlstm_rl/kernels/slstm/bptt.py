@@ -1,7 +1,7 @@
 """sLSTM sequence with a hand-written backward through time: the CPU training path.
 
 The same step loop as ``reference.py`` (same maths, same signature), run without
-autograd: the forward keeps each step's gate values in (T, B, H, ...) buffers, and the
+autograd: the forward keeps each step's gate values in (T, H, B, ...) buffers, and the
 backward walks the steps in reverse with about a dozen ops a step where autograd
 replays the reference's whole graph (some 30 nodes a step). The recurrent weights'
 gradient is one batched matmul over all steps at the end. Derivation, per step, with
