@@ -42,6 +42,11 @@ def _train(args: argparse.Namespace, extra: list[str]) -> int:
         return 0
     print(f"run: {result.run_dir}")
     print(f"checkpoint: {result.checkpoint}")
+    if result.train_time_s is not None:
+        print(
+            f"training time: {result.train_time_s:,.1f} s wall clock, "
+            f"{result.train_cpu_s:,.1f} s CPU (the update loop, over all resumes)"
+        )
     if result.final_eval:
         _print_eval(result.final_eval)
     return 0

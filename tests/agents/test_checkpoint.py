@@ -194,3 +194,42 @@ def test_a_non_finite_loss_names_its_update_and_the_checkpoint_before_it(
     err = capsys.readouterr().err
     assert err.startswith("xlstm-rl train: error: training stopped at update 3 (after global step")
     assert str(tmp_path / "runs" / "cli" / "checkpoint.pt") in err and "Traceback" not in err
+
+
+def test_training_time_is_recorded_and_summed_over_resumes(tmp_path, monkeypatch, capsys):
+    from xlstm_rl.cli import main
+
+    config = tiny_config(tmp_path)  # 4 updates, a checkpoint every 2
+    monkeypatch.setattr(Collector, "collect", interrupting_collect(3, Interrupted, []))
+    with pytest.raises(Interrupted):
+        train(config, progress=False)
+    monkeypatch.undo()
+    path = tmp_path / "runs" / "test" / "checkpoint.pt"
+    saved = ckpt.load_checkpoint(path)
+    assert saved["time"]["wall_s"] > 0 and saved["time"]["cpu_s"] > 0
+
+    # what earlier sessions took: the resumed run goes on from the checkpoint's totals
+    saved["time"] = {"wall_s": 1000.0, "cpu_s": 500.0}
+    ckpt.save_checkpoint(path, {k: v for k, v in saved.items() if k not in ("format", "version")})
+    resumed = train(resume=path, progress=False)
+    this_session = ckpt.load_checkpoint(path)["time"]
+    assert 1000 < this_session["wall_s"] <= resumed.train_time_s < 1000 + 300
+    assert 500 < this_session["cpu_s"] and 500 < resumed.train_cpu_s < 500 + 300
+    assert resumed.train_cpu_s >= this_session["cpu_s"]
+
+    # a finished run resumed adds (almost) nothing; the command line prints the totals
+    assert main(["train", "--resume", str(path), "--quiet"]) == 0
+    out = capsys.readouterr().out
+    found = re.search(r"training time: ([\d,.]+) s wall clock, ([\d,.]+) s CPU", out)
+    wall, cpu = (float(x.replace(",", "")) for x in found.groups())
+    assert resumed.train_time_s <= wall < resumed.train_time_s + 5 and 500 < cpu < 800
+
+    # a checkpoint from before the record: the totals are unknown, not this session's alone
+    old = ckpt.load_checkpoint(path)
+    del old["time"]
+    old_path = tmp_path / "old" / "run" / "checkpoint.pt"
+    ckpt.save_checkpoint(old_path, {k: v for k, v in old.items() if k not in ("format", "version")})
+    again = train(resume=old_path, overrides={"total_steps": 6 * 16 * 4}, progress=False)
+    assert again.global_step == 6 * 16 * 4
+    assert again.train_time_s is None and again.train_cpu_s is None
+    assert ckpt.load_checkpoint(old_path)["time"] is None

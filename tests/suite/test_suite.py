@@ -6,6 +6,7 @@ Each run is a subprocess that imports torch, so these tests take tens of seconds
 import csv
 import dataclasses
 import json
+import math
 import os
 from pathlib import Path
 
@@ -79,6 +80,7 @@ def test_smoke_suite_end_to_end(smoke):
         assert result["status"] == "ok" and result["error"] is None
         assert (result["env"], result["core"], result["seed"]) == (spec.env, spec.core, spec.seed)
         assert result["final_eval"]["episodes"] == 4 and result["global_step"] == 384
+        assert 0 < result["train_time_s"] <= result["wall_time_s"] and result["cpu_time_s"] > 0
         assert result["config"]["policy"]["prev_action"] is True
         # config.yaml is a whole TrainConfig (defaults filled in) that train reads as it is
         config = load_config(run_dir / "config.yaml")
@@ -112,11 +114,14 @@ def test_resume_skips_finished_runs_and_finishes_interrupted_ones(smoke):
 
     # an interrupted run: its checkpoint is there but no result; it resumes, not restarts
     interrupted = "TMaze-4/gru/seed1"
+    before = json.loads(results[interrupted].read_text())
     results[interrupted].unlink()
     outcome = run_suite(SMOKE, out, workers=2, echo=quiet, report=False)
     assert outcome.ran == [interrupted] and len(outcome.skipped) == 7
     result = json.loads(results[interrupted].read_text())
     assert result["status"] == "ok" and result["global_step"] == 384
+    # its training time is the whole run's, from the checkpoint, not this session's nothing
+    assert before["train_time_s"] - 0.1 <= result["train_time_s"] <= before["train_time_s"] + 1
 
 
 def test_cli_runs_only_the_chosen_part_of_the_matrix(smoke, capsys):
@@ -488,6 +493,31 @@ def test_report_of_a_partial_matrix_leaves_out_what_was_not_run():
     runs[-1] = dataclasses.replace(runs[-1], curve=[])
     report = render_markdown(suite, runs, aggregate(runs, suite), plots=[])
     assert "| T100 | b | 2/2 | 0.000 ± 0.000 | 0.50 ± 0.00 | 0.000 (n=1) |" in report
+
+
+def test_report_gives_training_wall_and_cpu_time_and_reads_older_results():
+    from xlstm_rl.suite.report import Run, aggregate, render_markdown
+
+    suite = suite_from_dict(
+        {"name": "t", "cores": ["a", "b"], "seeds": [1, 2], "envs": [{"id": "x-v0"}]}
+    )
+
+    def run(core, seed, **times):
+        result = {"status": "ok", "global_step": 384, "final_eval": {"return_mean": 0.5}}
+        return Run("x-v0", core, seed, {**result, **times}, [(384, 0.5)])
+
+    runs = [  # a: recorded both (the worker's own wall time is not what counts);
+        run("a", 1, train_time_s=100.0, cpu_time_s=90.0, wall_time_s=5.0),
+        run("a", 2, train_time_s=300.0, cpu_time_s=110.0, wall_time_s=6.0),
+        run("b", 1, wall_time_s=40.0),  # b: results from before: the worker's wall time only
+        run("b", 2, wall_time_s=60.0, train_time_s=None, cpu_time_s=None),
+    ]
+    rows = {row["core"]: row for row in aggregate(runs, suite)}
+    assert (rows["a"]["wall_time_s_mean"], rows["a"]["cpu_time_s_mean"]) == (200.0, 100.0)
+    assert rows["b"]["wall_time_s_mean"] == 50.0 and math.isnan(rows["b"]["cpu_time_s_mean"])
+    report = render_markdown(suite, runs, list(rows.values()), plots=[])
+    assert "| env steps | wall s | CPU s |" in report
+    assert "| 384 | 200 | 100 |" in report and "| 384 | 50 | - |" in report
 
 
 def test_report_says_so_when_no_run_has_finished_without_failing():

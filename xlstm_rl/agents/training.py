@@ -61,6 +61,12 @@ class TrainResult:
     global_step: int
     updates: int
     recent_returns: list[float]
+    # time spent training (the update loop, not setup or the final evaluation), summed
+    # over every resume: wall-clock seconds and this process's CPU seconds (all its
+    # threads; asynchronous envs' worker processes not counted). None when the run was
+    # resumed from a checkpoint written before xlstm-rl recorded it.
+    train_time_s: float | None = None
+    train_cpu_s: float | None = None
     rank: int = 0  # under torchrun: this process's rank (rank 0 logs, checkpoints, evaluates)
     world_size: int = 1
 
@@ -122,9 +128,10 @@ def _rank_state(collector, envs) -> dict[str, Any]:
     }
 
 
-def _checkpoint_payload(config, policy, optimizer, ranks, update_idx, global_step, recent):
+def _checkpoint_payload(config, policy, optimizer, ranks, update_idx, global_step, recent, clock):
     """Rank 0's own state at the top level (as a one-process run has it); other ranks' in a list."""
     return {
+        "time": clock.totals(),
         "config": config.to_dict(),
         "model": policy.state_dict(),
         "optimizer": optimizer.state_dict(),
@@ -151,6 +158,31 @@ def _log(writer, global_step, lr, sps, metrics, episodes) -> None:
         known = [e["success"] for e in episodes if e["success"] is not None]
         if known:
             writer.add_scalar("charts/success_rate", np.mean(known), global_step)
+
+
+class _Clock:
+    """Training time summed over a run's sessions: wall-clock and process CPU seconds.
+
+    A resumed run starts from what its checkpoint recorded; a checkpoint written before
+    xlstm-rl recorded it leaves the totals unknown (None)."""
+
+    KEYS = ("wall_s", "cpu_s")
+
+    def __init__(self, payload: dict[str, Any] | None):
+        prior = dict.fromkeys(self.KEYS, 0.0) if payload is None else payload.get("time")
+        known = isinstance(prior, dict) and all(
+            isinstance(prior.get(key), (int, float)) for key in self.KEYS
+        )
+        self.prior = {key: float(prior[key]) for key in self.KEYS} if known else None
+        self.wall, self.cpu = time.perf_counter(), time.process_time()
+
+    def totals(self) -> dict[str, float] | None:
+        if self.prior is None:
+            return None
+        return {
+            "wall_s": self.prior["wall_s"] + time.perf_counter() - self.wall,
+            "cpu_s": self.prior["cpu_s"] + time.process_time() - self.cpu,
+        }
 
 
 def _resume(payload, policy, optimizer, collector, envs, device, rank, path):
@@ -321,6 +353,7 @@ def _train(config, payload, resume, world, device, progress) -> TrainResult:
         dynamic_ncols=True,
     )
     start_time, start_step = time.perf_counter(), global_step
+    clock = _Clock(payload)
     try:
         for update_idx in range(start_update + 1, num_updates + 1):
             lr = config.ppo.lr
@@ -353,10 +386,11 @@ def _train(config, payload, resume, world, device, progress) -> TrainResult:
                 ranks = distributed.gather_to_main(_rank_state(collector, envs))
                 if world.is_main:
                     snapshot = _checkpoint_payload(
-                        config, policy, optimizer, ranks, update_idx, global_step, recent
+                        config, policy, optimizer, ranks, update_idx, global_step, recent, clock
                     )
                     save_checkpoint(checkpoint_path, snapshot)
                 distributed.barrier()  # on every rank, the checkpoint is on disk from here
+        trained = clock.totals()  # a resumed finished run adds nothing (the loop did not run)
     except KeyboardInterrupt:
         # say which checkpoint to resume from (the last one written is whole: atomic writes)
         raise TrainingInterrupted(checkpoint_path if checkpoint_path.is_file() else None) from None
@@ -381,6 +415,8 @@ def _train(config, payload, resume, world, device, progress) -> TrainResult:
         global_step=global_step,
         updates=num_updates,
         recent_returns=list(recent),
+        train_time_s=None if trained is None else trained["wall_s"],
+        train_cpu_s=None if trained is None else trained["cpu_s"],
         rank=world.rank,
         world_size=world.size,
     )

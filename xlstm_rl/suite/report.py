@@ -35,6 +35,7 @@ SUMMARY_COLUMNS = (
     "eval_return_mean", "eval_return_ci95",
     "eval_success_mean", "eval_success_ci95",
     "mmer_mean", "mmer_ci95", "env_steps", "wall_time_s_mean",
+    "cpu_time_s_mean",
     "train_solved_seeds", "train_steps_to_solve_mean", "mmer_seeds",
 )  # fmt: skip
 
@@ -135,15 +136,29 @@ def aggregate(runs: list[Run], suite: SuiteSpec) -> list[dict[str, Any]]:
             ret, ret_ci = mean_ci([r.final("return_mean") for r in ok])
             succ, succ_ci = mean_ci([r.final("success_rate") for r in ok])
             mm, mm_ci = mean_ci(mmer)
-            wall, _ = mean_ci([float(r.result.get("wall_time_s", "nan")) for r in ok])
+            wall, _ = mean_ci([run_seconds(r.result, "train_time_s", "wall_time_s") for r in ok])
+            cpu, _ = mean_ci([run_seconds(r.result, "cpu_time_s") for r in ok])
             to_solve = [solve_steps(r, suite) for r in ok]
             solved = [s for s in to_solve if s is not None]
             rows.append(dict(zip(SUMMARY_COLUMNS, (
                 env.name, core, len(ok), len(group) - len(ok),
-                ret, ret_ci, succ, succ_ci, mm, mm_ci, steps_label(ok), wall,
+                ret, ret_ci, succ, succ_ci, mm, mm_ci, steps_label(ok), wall, cpu,
                 len(solved), mean_ci(solved)[0], sum(not math.isnan(m) for m in mmer),
             ))))  # fmt: skip
     return rows
+
+
+def run_seconds(result: dict[str, Any], *keys: str) -> float:
+    """The first of ``keys`` that the run's result has a number for; nan if none.
+
+    Runs record ``train_time_s`` and ``cpu_time_s``, their training time summed over
+    resumes; results written before they existed have only ``wall_time_s`` (the
+    worker's own, the last session's time for a resumed run)."""
+    for key in keys:
+        value = result.get(key)
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+    return float("nan")
 
 
 def solve_steps(run: Run, suite: SuiteSpec) -> int | None:
@@ -305,7 +320,10 @@ def render_markdown(
         "consecutive updates. *Steps to solve*: the env step at which the training "
         f"{suite.solve['metric']} averaged over {suite.mmer_window} consecutive updates "
         f"first reached {suite.solve['threshold']}, mean over the seeds that reached it "
-        "(their count in brackets).",
+        "(their count in brackets). *Wall s* and *CPU s*: seconds of training per run "
+        "(the update loop, summed over resumes; mean over seeds), by the clock and in "
+        "the training process's CPU time, which other jobs sharing the machine inflate "
+        "far less than the wall clock.",
         "",
         "## Results per environment and core",
         "",
@@ -316,13 +334,14 @@ def render_markdown(
             fmt(row["eval_return_mean"], row["eval_return_ci95"]),
             fmt(row["eval_success_mean"], row["eval_success_ci95"], 2),
             _mmer_cell(row), _solve_cell(row), row["env_steps"] or "-",
-            "-" if math.isnan(row["wall_time_s_mean"]) else f"{row['wall_time_s_mean']:.0f}",
+            *("-" if math.isnan(row[key]) else f"{row[key]:.0f}"
+              for key in ("wall_time_s_mean", "cpu_time_s_mean")),
         ]
         for row in rows
         if row["seeds_ok"] + row["seeds_failed"]
     ]  # fmt: skip
     header = ["env", "core", "seeds ok", "eval return", "eval success", "MMER"]
-    lines += _table([*header, "steps to solve", "env steps", "wall s"], table)
+    lines += _table([*header, "steps to solve", "env steps", "wall s", "CPU s"], table)
     if missing:
         lines += ["", "Not run yet (left out of the table): " + "; ".join(missing) + "."]
     if floors:

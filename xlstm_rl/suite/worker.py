@@ -89,6 +89,10 @@ def rolling_max_mean(values: list[float], window: int) -> float:
     return max(sums)
 
 
+def _seconds(value: float | None) -> float | None:
+    return None if value is None else round(value, 1)
+
+
 def _failure_message(err: BaseException) -> str:
     from xlstm_rl.agents.training import TrainingDiverged
 
@@ -114,7 +118,13 @@ def run(run_dir: Path) -> dict[str, Any]:
             outcome = train(resume=checkpoint, progress=False)
         else:
             outcome = train(config, progress=False)
-        result.update(final_eval=outcome.final_eval, global_step=outcome.global_step)
+        result.update(
+            final_eval=outcome.final_eval,
+            global_step=outcome.global_step,
+            # the update loop's time summed over resumes; None: not recorded
+            train_time_s=_seconds(outcome.train_time_s),
+            cpu_time_s=_seconds(outcome.train_cpu_s),
+        )
     except Exception as err:  # recorded, not raised: one bad run must not stop the suite
         result.update(
             status="failed",
