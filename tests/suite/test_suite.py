@@ -68,6 +68,14 @@ def check_report(out: Path, suite) -> None:
     assert len(rows) == len(suite.envs) * len(suite.cores)
     assert all(int(r["seeds_ok"]) == len(suite.seeds) for r in rows)
     assert all(r["eval_return_mean"] not in ("", "nan") for r in rows)
+    with (out / "report" / "runs.csv").open() as f:
+        per_run = list(csv.DictReader(f))
+    expected = [(s.env, s.core, str(s.seed)) for s in suite.runs()]
+    assert [(r["env"], r["core"], r["seed"]) for r in per_run] == expected
+    assert all(r["status"] == "ok" and float(r["cpu_time_s"]) > 0 for r in per_run)
+    for r in per_run:
+        cells = [r["env"], r["core"], r["seed"], f"{float(r['eval_return']):.3f}"]
+        assert "| " + " | ".join(cells) + " |" in report
 
 
 def test_smoke_suite_end_to_end(smoke):
@@ -318,6 +326,11 @@ def test_failed_runs_are_recorded_and_the_suite_goes_on(faults):
     assert "## Failed runs" in report
     assert "| nan/gru/seed1 | FloatingPointError at update 2" in report
     assert "| fine | gru | 1/1 |" in report and "| raises | gru | 0/1 |" in report
+    assert "| raises | gru | 1 | failed | - |" in report  # the per-run table
+    with (tmp_path / "report" / "runs.csv").open() as f:
+        runs = {r["env"]: r for r in csv.DictReader(f)}
+    assert runs["fine"]["status"] == "ok" and runs["fine"]["error"] == ""
+    assert runs["nan"]["status"] == "failed" and "non-finite loss" in runs["nan"]["error"]
     assert build_report(tmp_path) == tmp_path / "report" / "report.md"
 
 
@@ -518,6 +531,9 @@ def test_report_gives_training_wall_and_cpu_time_and_reads_older_results():
     report = render_markdown(suite, runs, list(rows.values()), plots=[])
     assert "| env steps | wall s | CPU s |" in report
     assert "| 384 | 200 | 100 |" in report and "| 384 | 50 | - |" in report
+    # per run: each seed's own times
+    assert "| x-v0 | a | 2 | 0.500 | - | 0.500 | never | 384 | 300 | 110 |" in report
+    assert "| x-v0 | b | 1 | 0.500 | - | 0.500 | never | 384 | 40 | - |" in report
 
 
 def test_report_says_so_when_no_run_has_finished_without_failing():

@@ -39,6 +39,11 @@ SUMMARY_COLUMNS = (
     "train_solved_seeds", "train_steps_to_solve_mean", "mmer_seeds",
 )  # fmt: skip
 
+RUN_COLUMNS = (
+    "env", "core", "seed", "status", "eval_return", "eval_success", "mmer",
+    "train_steps_to_solve", "env_steps", "wall_time_s", "cpu_time_s", "error",
+)  # fmt: skip
+
 
 def t_quantile(df: int) -> float:
     if df < 1:
@@ -145,6 +150,24 @@ def aggregate(runs: list[Run], suite: SuiteSpec) -> list[dict[str, Any]]:
                 ret, ret_ci, succ, succ_ci, mm, mm_ci, steps_label(ok), wall, cpu,
                 len(solved), mean_ci(solved)[0], sum(not math.isnan(m) for m in mmer),
             ))))  # fmt: skip
+    return rows
+
+
+def run_rows(runs: list[Run], suite: SuiteSpec) -> list[dict[str, Any]]:
+    """One row per finished run (failed ones included), in the suite's matrix order: its
+    eval return and success, MMER, steps to solve (None: never), env steps and times."""
+    rows = []
+    for run in runs:
+        rows.append(dict(zip(RUN_COLUMNS, (
+            run.env, run.core, run.seed, run.result.get("status"),
+            run.final("return_mean"), run.final("success_rate"),
+            run.mmer(suite.mmer_window) if run.ok else float("nan"),
+            solve_steps(run, suite) if run.ok else None,
+            run.result.get("global_step"),
+            run_seconds(run.result, "train_time_s", "wall_time_s"),
+            run_seconds(run.result, "cpu_time_s"),
+            run.result.get("error"),
+        ))))  # fmt: skip
     return rows
 
 
@@ -406,8 +429,35 @@ def render_markdown(
             ["run", "error"],
             [[f"{r.env}/{r.core}/seed{r.seed}", _cell(r.result.get("error"))] for r in failed],
         )
+    lines += ["", "## Every run", ""]
+    lines += [
+        "Per run: the same measures as above (a mean over seeds can hide that some seeds "
+        "learned and others did not). Also in `runs.csv`.",
+        "",
+    ]
+    lines += _table(
+        ["env", "core", "seed", "eval return", "eval success", "MMER", "steps to solve",
+         "env steps", "wall s", "CPU s"],
+        [_run_cells(row) for row in run_rows(runs, suite)],
+    )  # fmt: skip
     lines += ["", "## Plots", ""] + [f"![{p}]({p})" for p in plots]
     return "\n".join(lines) + "\n"
+
+
+def _run_cells(row: dict) -> list[str]:
+    def number(value: float, digits: int) -> str:
+        return "-" if value is None or math.isnan(value) else f"{value:.{digits}f}"
+
+    head = [row["env"], row["core"], row["seed"]]
+    if row["status"] != "ok":
+        return [*head, "failed", "-", "-", "-", "-", number(row["wall_time_s"], 0), "-"]
+    steps = row["train_steps_to_solve"]
+    return [
+        *head, number(row["eval_return"], 3), number(row["eval_success"], 2),
+        number(row["mmer"], 3), "never" if steps is None else f"{steps:,}",
+        "-" if row["env_steps"] is None else row["env_steps"],
+        number(row["wall_time_s"], 0), number(row["cpu_time_s"], 0),
+    ]  # fmt: skip
 
 
 def _mmer_cell(row: dict) -> str:
@@ -445,6 +495,7 @@ def build_report(out: str | os.PathLike) -> Path:
     report_dir = out / "report"
     report_dir.mkdir(exist_ok=True)
     write_csv(report_dir / "summary.csv", rows, SUMMARY_COLUMNS)
+    write_csv(report_dir / "runs.csv", run_rows(runs, suite), RUN_COLUMNS)
     floors = random_floors(report_dir, runs, suite)
     plots = [
         plot_curves(report_dir, suite, runs, env.name, floors.get(env.name, {}).get("return_mean"))
