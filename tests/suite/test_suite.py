@@ -129,7 +129,8 @@ def test_resume_skips_finished_runs_and_finishes_interrupted_ones(smoke):
     result = json.loads(results[interrupted].read_text())
     assert result["status"] == "ok" and result["global_step"] == 384
     # its training time is the whole run's, from the checkpoint, not this session's nothing
-    assert before["train_time_s"] - 0.1 <= result["train_time_s"] <= before["train_time_s"] + 1
+    # (the checkpoint's totals are taken as its last update saves it, just before the end)
+    assert before["train_time_s"] - 1 <= result["train_time_s"] <= before["train_time_s"] + 1
 
 
 def test_cli_runs_only_the_chosen_part_of_the_matrix(smoke, capsys):
