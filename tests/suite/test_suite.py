@@ -513,7 +513,7 @@ def test_report_gives_training_wall_and_cpu_time_and_reads_older_results():
     from xlstm_rl.suite.report import Run, aggregate, render_markdown
 
     suite = suite_from_dict(
-        {"name": "t", "cores": ["a", "b"], "seeds": [1, 2], "envs": [{"id": "x-v0"}]}
+        {"name": "t", "cores": ["a", "b", "c"], "seeds": [1, 2], "envs": [{"id": "x-v0"}]}
     )
 
     def run(core, seed, **times):
@@ -525,10 +525,13 @@ def test_report_gives_training_wall_and_cpu_time_and_reads_older_results():
         run("a", 2, train_time_s=300.0, cpu_time_s=110.0, wall_time_s=6.0),
         run("b", 1, wall_time_s=40.0),  # b: results from before: the worker's wall time only
         run("b", 2, wall_time_s=60.0, train_time_s=None, cpu_time_s=None),
+        run("c", 1, train_time_s=10.0, cpu_time_s=9.0),  # c: one seed recorded CPU time
+        run("c", 2, wall_time_s=30.0),
     ]
     rows = {row["core"]: row for row in aggregate(runs, suite)}
     assert (rows["a"]["wall_time_s_mean"], rows["a"]["cpu_time_s_mean"]) == (200.0, 100.0)
     assert rows["b"]["wall_time_s_mean"] == 50.0 and math.isnan(rows["b"]["cpu_time_s_mean"])
+    assert rows["c"]["wall_time_s_mean"] == 20.0 and math.isnan(rows["c"]["cpu_time_s_mean"])
     report = render_markdown(suite, runs, list(rows.values()), plots=[])
     assert "| env steps | wall s | CPU s |" in report
     assert "| 384 | 200 | 100 |" in report and "| 384 | 50 | - |" in report

@@ -142,7 +142,9 @@ def aggregate(runs: list[Run], suite: SuiteSpec) -> list[dict[str, Any]]:
             succ, succ_ci = mean_ci([r.final("success_rate") for r in ok])
             mm, mm_ci = mean_ci(mmer)
             wall, _ = mean_ci([run_seconds(r.result, "train_time_s", "wall_time_s") for r in ok])
-            cpu, _ = mean_ci([run_seconds(r.result, "cpu_time_s") for r in ok])
+            cpus = [run_seconds(r.result, "cpu_time_s") for r in ok]
+            # over every seed or none: a mean of the few runs that recorded it misleads
+            cpu = float("nan") if any(map(math.isnan, cpus)) else mean_ci(cpus)[0]
             to_solve = [solve_steps(r, suite) for r in ok]
             solved = [s for s in to_solve if s is not None]
             rows.append(dict(zip(SUMMARY_COLUMNS, (
