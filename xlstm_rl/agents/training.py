@@ -352,8 +352,7 @@ def _train(config, payload, resume, world, device, progress) -> TrainResult:
         disable=not (progress and world.is_main),
         dynamic_ncols=True,
     )
-    start_time, start_step = time.perf_counter(), global_step
-    clock = _Clock(payload)
+    start_step, clock = global_step, _Clock(payload)  # clock.wall: this session's start
     try:
         for update_idx in range(start_update + 1, num_updates + 1):
             lr = config.ppo.lr
@@ -374,7 +373,7 @@ def _train(config, payload, resume, world, device, progress) -> TrainResult:
             )
             global_step += steps
 
-            sps = int((global_step - start_step) / (time.perf_counter() - start_time))
+            sps = int((global_step - start_step) / (time.perf_counter() - clock.wall))
             recent.extend(e["return"] for e in episodes)
             if writer is not None:
                 _log(writer, global_step, lr, sps, metrics, episodes)
