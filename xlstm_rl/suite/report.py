@@ -67,7 +67,8 @@ def mean_ci(values: list[float]) -> tuple[float, float]:
     return mean, t_quantile(n - 1) * sd / math.sqrt(n)
 
 
-def fmt(mean: float, half: float, digits: int = 3) -> str:
+def fmt(mean: float, half: float = math.nan, digits: int = 3) -> str:
+    """``mean ± half``; the mean alone without a half-width; "-" without a mean."""
     if math.isnan(mean):
         return "-"
     return f"{mean:.{digits}f}" if math.isnan(half) else f"{mean:.{digits}f} ± {half:.{digits}f}"
@@ -359,8 +360,7 @@ def render_markdown(
             fmt(row["eval_return_mean"], row["eval_return_ci95"]),
             fmt(row["eval_success_mean"], row["eval_success_ci95"], 2),
             _mmer_cell(row), _solve_cell(row), row["env_steps"] or "-",
-            *("-" if math.isnan(row[key]) else f"{row[key]:.0f}"
-              for key in ("wall_time_s_mean", "cpu_time_s_mean")),
+            fmt(row["wall_time_s_mean"], digits=0), fmt(row["cpu_time_s_mean"], digits=0),
         ]
         for row in rows
         if row["seeds_ok"] + row["seeds_failed"]
@@ -447,18 +447,15 @@ def render_markdown(
 
 
 def _run_cells(row: dict) -> list[str]:
-    def number(value: float, digits: int) -> str:
-        return "-" if value is None or math.isnan(value) else f"{value:.{digits}f}"
-
     head = [row["env"], row["core"], row["seed"]]
     if row["status"] != "ok":
-        return [*head, "failed", "-", "-", "-", "-", number(row["wall_time_s"], 0), "-"]
+        return [*head, "failed", "-", "-", "-", "-", fmt(row["wall_time_s"], digits=0), "-"]
     steps = row["train_steps_to_solve"]
     return [
-        *head, number(row["eval_return"], 3), number(row["eval_success"], 2),
-        number(row["mmer"], 3), "never" if steps is None else f"{steps:,}",
+        *head, fmt(row["eval_return"]), fmt(row["eval_success"], digits=2),
+        fmt(row["mmer"]), "never" if steps is None else f"{steps:,}",
         "-" if row["env_steps"] is None else row["env_steps"],
-        number(row["wall_time_s"], 0), number(row["cpu_time_s"], 0),
+        fmt(row["wall_time_s"], digits=0), fmt(row["cpu_time_s"], digits=0),
     ]  # fmt: skip
 
 
