@@ -5,7 +5,7 @@
                       [--max-episode-steps N] [--json PATH]
     xlstm-rl suite SUITE.yaml [--workers N] [--out DIR] [--retry-failed]
                    [--envs NAME ...] [--cores CORE ...] [--seeds SEED ...] [--key value ...]
-    xlstm-rl report DIR
+    xlstm-rl report DIR [--merge SRC_DIR ...]
 
 Overrides are dotted config keys: ``--ppo.lr 1e-3``, ``--env.kwargs.corridor_length 20``,
 ``--core.name lstm``. An unknown key or a bad value stops with a message naming it.
@@ -115,6 +115,15 @@ def _report(args: argparse.Namespace, extra: list[str]) -> int:
 
     if extra:
         raise ConfigError(f"unexpected arguments for report: {' '.join(extra)}")
+    if args.merge:
+        from xlstm_rl.suite.merge import merge_runs
+
+        merged = merge_runs(args.out, args.merge)
+        print(
+            f"merge: {len(merged.copied)} run(s) copied into {args.out}, "
+            f"{len(merged.already_there)} already there, "
+            f"{len(merged.unfinished)} unfinished left out"
+        )
     print(f"report: {build_report(args.out)}")
     return 0
 
@@ -180,6 +189,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     report = commands.add_parser("report", help="rebuild a suite's report from finished runs")
     report.add_argument("out", type=Path, help="the suite's output dir")
+    report.add_argument(
+        "--merge",
+        nargs="+",
+        type=Path,
+        metavar="DIR",
+        help="first copy the finished runs of these suite output dirs into OUT (their "
+        "results, curves and configs, not checkpoints; OUT is created if need be)",
+    )
     report.set_defaults(run=_report, on_interrupt="run it again")
     return parser
 

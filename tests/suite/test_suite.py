@@ -12,23 +12,17 @@ from pathlib import Path
 
 import pytest
 
+from tests.suite.helpers import ROOT, SMOKE, check_report, quiet
 from xlstm_rl.cli import main
 from xlstm_rl.config import ConfigError, load_config
 from xlstm_rl.suite import build_report, load_suite, run_suite
 from xlstm_rl.suite.runner import check_envs, recorded_config
 from xlstm_rl.suite.spec import suite_from_dict
 
-ROOT = Path(__file__).resolve().parents[2]
-SMOKE = ROOT / "configs" / "suites" / "smoke.yaml"
 HERE = Path(__file__).resolve().parent
-PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 SUITES = sorted((ROOT / "configs" / "suites").glob("*.yaml"))
 PYTHONPATH = os.environ.get("PYTHONPATH")
 FAILED = ["exits/gru/seed1", "nan/gru/seed1", "raises/gru/seed1"]
-
-
-def quiet(*_):
-    pass
 
 
 @pytest.mark.parametrize("path", SUITES, ids=[p.stem for p in SUITES])
@@ -37,45 +31,6 @@ def test_shipped_suites_load_and_expand(path):
     suite = load_suite(path)
     assert len(suite.runs()) == len(suite.envs) * len(suite.cores) * len(suite.seeds) > 0
     check_envs(suite.runs())  # and every env of it can be made, as run_suite checks
-
-
-@pytest.fixture(scope="module")
-def smoke(tmp_path_factory):
-    out = tmp_path_factory.mktemp("smoke")
-    outcome = run_suite(SMOKE, out, workers=2, echo=quiet)
-    return out, outcome
-
-
-def check_report(out: Path, suite) -> None:
-    report = (out / "report" / "report.md").read_text()
-    for env in suite.envs:
-        for core in suite.cores:
-            assert f"| {env.name} | {core} | {len(suite.seeds)}/{len(suite.seeds)} |" in report
-        png = out / "report" / f"curves_{env.name}.png"
-        assert png.read_bytes()[:8] == PNG_MAGIC and png.stat().st_size > 1000
-    assert (out / "report" / "summary.png").read_bytes()[:8] == PNG_MAGIC
-    assert "95% Student-t interval" in report
-    assert "| core | mean eval return | mean MMER | seeds |" in report
-    assert "200 episodes on held-out env seeds from 1,000,000 (a run with seed s" in report
-    floors = json.loads((out / "report" / "random_floor.json").read_text())
-    assert sorted(floors) == sorted(env.name for env in suite.envs)
-    for env in suite.envs:
-        floor = floors[env.name]
-        assert floor["episodes"] == 200 and floor["env"]["id"] == env.id
-        assert f"| {env.name} | {floor['return_mean']:.3f} ± " in report
-    with (out / "report" / "summary.csv").open() as f:
-        rows = list(csv.DictReader(f))
-    assert len(rows) == len(suite.envs) * len(suite.cores)
-    assert all(int(r["seeds_ok"]) == len(suite.seeds) for r in rows)
-    assert all(r["eval_return_mean"] not in ("", "nan") for r in rows)
-    with (out / "report" / "runs.csv").open() as f:
-        per_run = list(csv.DictReader(f))
-    expected = [(s.env, s.core, str(s.seed)) for s in suite.runs()]
-    assert [(r["env"], r["core"], r["seed"]) for r in per_run] == expected
-    assert all(r["status"] == "ok" and float(r["cpu_time_s"]) > 0 for r in per_run)
-    for r in per_run:
-        cells = [r["env"], r["core"], r["seed"], f"{float(r['eval_return']):.3f}"]
-        assert "| " + " | ".join(cells) + " |" in report
 
 
 def test_smoke_suite_end_to_end(smoke):
