@@ -131,27 +131,32 @@ def collect_runs(out: Path, suite: SuiteSpec) -> list[Run]:
     return runs
 
 
-def aggregate(runs: list[Run], suite: SuiteSpec) -> list[dict[str, Any]]:
-    """One row per (env, core): seed means and 95% t-intervals of eval return, success, MMER."""
+def aggregate(
+    runs: list[Run], suite: SuiteSpec, per_run: list[dict[str, Any]] | None = None
+) -> list[dict[str, Any]]:
+    """One row per (env, core): seed means and 95% t-intervals of eval return, success, MMER,
+    from the runs' own measures (``per_run``: ``run_rows(runs, suite)``, computed if None)."""
+    per_run = run_rows(runs, suite) if per_run is None else per_run
     rows = []
     for env in suite.envs:
         for core in suite.cores:
-            group = [r for r in runs if r.env == env.name and r.core == core]
-            ok = [r for r in group if r.ok]
-            mmer = [r.mmer(suite.mmer_window) for r in ok]  # nan: no episode ended in training
-            ret, ret_ci = mean_ci([r.final("return_mean") for r in ok])
-            succ, succ_ci = mean_ci([r.final("success_rate") for r in ok])
+            group = [r for r in per_run if r["env"] == env.name and r["core"] == core]
+            ok = [r for r in group if r["status"] == "ok"]
+            mmer = [r["mmer"] for r in ok]  # nan: no episode ended in training
+            ret, ret_ci = mean_ci([r["eval_return"] for r in ok])
+            succ, succ_ci = mean_ci([r["eval_success"] for r in ok])
             mm, mm_ci = mean_ci(mmer)
-            wall, _ = mean_ci([run_seconds(r.result, "train_time_s", "wall_time_s") for r in ok])
-            cpus = [run_seconds(r.result, "cpu_time_s") for r in ok]
+            wall, _ = mean_ci([r["wall_time_s"] for r in ok])
+            cpus = [r["cpu_time_s"] for r in ok]
             # over every seed or none: a mean of the few runs that recorded it misleads
             cpu = float("nan") if any(map(math.isnan, cpus)) else mean_ci(cpus)[0]
-            to_solve = [solve_steps(r, suite) for r in ok]
-            solved = [s for s in to_solve if s is not None]
+            solved = [
+                r["train_steps_to_solve"] for r in ok if r["train_steps_to_solve"] is not None
+            ]
             rows.append(dict(zip(SUMMARY_COLUMNS, (
                 env.name, core, len(ok), len(group) - len(ok),
-                ret, ret_ci, succ, succ_ci, mm, mm_ci, steps_label(ok), wall, cpu,
-                len(solved), mean_ci(solved)[0], sum(not math.isnan(m) for m in mmer),
+                ret, ret_ci, succ, succ_ci, mm, mm_ci, steps_label([r["env_steps"] for r in ok]),
+                wall, cpu, len(solved), mean_ci(solved)[0], sum(not math.isnan(m) for m in mmer),
             ))))  # fmt: skip
     return rows
 
@@ -193,9 +198,10 @@ def solve_steps(run: Run, suite: SuiteSpec) -> int | None:
     return steps_to_solve(curve, suite.mmer_window, float(suite.solve["threshold"]))
 
 
-def steps_label(runs: list[Run]) -> str:
-    """The env steps the runs trained for: one number, or min-max if they differ."""
-    steps = sorted({int(r.result["global_step"]) for r in runs if "global_step" in r.result})
+def steps_label(env_steps: list[int | None]) -> str:
+    """The env steps runs trained for (None: not recorded): one number, or min-max if they
+    differ."""
+    steps = sorted({int(n) for n in env_steps if n is not None})
     if not steps:
         return ""
     return str(steps[0]) if len(steps) == 1 else f"{steps[0]}-{steps[-1]}"
@@ -313,12 +319,16 @@ def render_markdown(
     rows: list[dict],
     plots: list[str],
     floors: dict[str, dict] | None = None,
+    per_run: list[dict[str, Any]] | None = None,
 ) -> str:
+    """report.md; ``rows`` from ``aggregate``, ``per_run`` from ``run_rows`` (computed if
+    None)."""
+    per_run = run_rows(runs, suite) if per_run is None else per_run
     expected = len(suite.envs) * len(suite.cores) * len(suite.seeds)
     failed = [r for r in runs if not r.ok]
     budget = suite.base.get("total_steps")
     budget = f"{budget} env steps per run" if budget else "set per env"
-    trained = steps_label([r for r in runs if r.ok])
+    trained = steps_label([r.result.get("global_step") for r in runs if r.ok])
     trained = (
         f"the finished runs trained for {trained} env steps (the *env steps* column; a "
         "command-line override sets it)."
@@ -440,7 +450,7 @@ def render_markdown(
     lines += _table(
         ["env", "core", "seed", "eval return", "eval success", "MMER", "steps to solve",
          "env steps", "wall s", "CPU s"],
-        [_run_cells(row) for row in run_rows(runs, suite)],
+        [_run_cells(row) for row in per_run],
     )  # fmt: skip
     lines += ["", "## Plots", ""] + [f"![{p}]({p})" for p in plots]
     return "\n".join(lines) + "\n"
@@ -490,11 +500,12 @@ def build_report(out: str | os.PathLike) -> Path:
         raise FileNotFoundError(f"{out} has no suite.yaml: not a suite output directory")
     suite = load_suite(out / "suite.yaml")
     runs = collect_runs(out, suite)
-    rows = aggregate(runs, suite)
+    per_run = run_rows(runs, suite)
+    rows = aggregate(runs, suite, per_run)
     report_dir = out / "report"
     report_dir.mkdir(exist_ok=True)
     write_csv(report_dir / "summary.csv", rows, SUMMARY_COLUMNS)
-    write_csv(report_dir / "runs.csv", run_rows(runs, suite), RUN_COLUMNS)
+    write_csv(report_dir / "runs.csv", per_run, RUN_COLUMNS)
     floors = random_floors(report_dir, runs, suite)
     plots = [
         plot_curves(report_dir, suite, runs, env.name, floors.get(env.name, {}).get("return_mean"))
@@ -505,5 +516,5 @@ def build_report(out: str | os.PathLike) -> Path:
     if suite.horizon:
         plots.append(plot_horizon(report_dir, suite, rows))
     path = report_dir / "report.md"
-    path.write_text(render_markdown(suite, runs, rows, [p.name for p in plots], floors))
+    path.write_text(render_markdown(suite, runs, rows, [p.name for p in plots], floors, per_run))
     return path
