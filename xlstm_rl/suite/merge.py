@@ -6,8 +6,8 @@ finished run's record (``RECORD_FILES``: its result, curve, config and place in 
 matrix, not its checkpoint or TensorBoard events) into ``into/runs/...``, where
 ``build_report`` reads it like a run made there; the config's ``log_dir`` is made the
 run's new folder (as ``into`` was given: a relative ``into`` keeps the copy free of the
-machine's paths). The copy is also how a report's runs
-are kept next to it (a few kB a run) so that runs made later can join the same report.
+machine's paths). The copy is also how a report's runs are kept next to it (a few kB a
+run) so that runs made later can join the same report.
 
 Nothing is copied unless every run can be: a run must be in the matrix of ``into``'s
 suite file (taken from the first source where ``into`` has none), must have trained with
@@ -130,11 +130,11 @@ def merge_runs(into: str | os.PathLike, sources: list[str | os.PathLike]) -> Mer
     for key, run_dir in to_copy.items():
         target = into / "runs" / key
         target.mkdir(parents=True, exist_ok=True)
-        for name in RECORD_FILES[:-1]:
+        for name in (SUITE_RUN, "curve.csv"):
             if (run_dir / name).is_file():
                 shutil.copyfile(run_dir / name, target / name)
-        if (target / "config.yaml").is_file():
-            config = yaml.safe_load((target / "config.yaml").read_text())
+        if (run_dir / "config.yaml").is_file():
+            config = yaml.safe_load((run_dir / "config.yaml").read_text())
             config["log_dir"] = str(target)
             (target / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
         result = json.loads((run_dir / "result.json").read_text())
