@@ -17,6 +17,10 @@ RESULTS = Path(__file__).resolve().parents[2] / "docs" / "results"
 SUITE_DIRS = sorted(p.parent for p in RESULTS.glob("*/runs") if (p.parent / "suite.yaml").exists())
 
 
+def key(row) -> tuple[str, str, int]:
+    return row["env"], row["core"], int(row["seed"])
+
+
 def test_there_is_a_published_suite_dir():
     assert SUITE_DIRS, f"no suite dir with run records under {RESULTS}"
 
@@ -27,7 +31,6 @@ def test_records_match_the_committed_report(out):
     rows = run_rows(collect_runs(out, suite), suite)
     with open(out / "report" / "runs.csv", newline="") as f:
         committed = list(csv.DictReader(f))
-    key = lambda r: (r["env"], r["core"], int(r["seed"]))  # noqa: E731
     assert sorted(map(key, rows)) == sorted(map(key, committed)), (
         f"{out}: the runs with records differ from the runs in report/runs.csv"
     )
