@@ -490,9 +490,41 @@ def test_report_gives_training_wall_and_cpu_time_and_reads_older_results():
     report = render_markdown(suite, runs, list(rows.values()), plots=[])
     assert "| env steps | wall s | CPU s |" in report
     assert "| 384 | 200 | 100 |" in report and "| 384 | 50 | - |" in report
-    # per run: each seed's own times
-    assert "| x-v0 | a | 2 | 0.500 | - | 0.500 | never | 384 | 300 | 110 |" in report
-    assert "| x-v0 | b | 1 | 0.500 | - | 0.500 | never | 384 | 40 | - |" in report
+    # per run: each seed's own times (steps to solve "-": these runs logged no success)
+    assert "| x-v0 | a | 2 | 0.500 | - | 0.500 | - | 384 | 300 | 110 |" in report
+    assert "| x-v0 | b | 1 | 0.500 | - | 0.500 | - | 384 | 40 | - |" in report
+
+
+def test_steps_to_solve_says_not_logged_apart_from_never():
+    # POPGym's envs report no success during training: their runs' steps to solve is
+    # unknown, not "never" (the report once said "never (0/3)" beside eval success 1.00)
+    from xlstm_rl.suite.report import Run, aggregate, render_markdown, run_rows
+
+    suite = suite_from_dict(
+        {"name": "t", "cores": ["a", "b", "c"], "seeds": [1, 2], "envs": [{"id": "x-v0"}]}
+    )
+    result = {"status": "ok", "global_step": 384, "final_eval": {"return_mean": 0.5}}
+    curve = [(128 * j, 0.5) for j in range(1, 31)]
+    solved = [(step, 1.0) for step, _ in curve]
+    runs = [
+        Run("x-v0", "a", 1, result, curve),  # a: no success logged on either seed
+        Run("x-v0", "a", 2, result, curve),
+        Run("x-v0", "b", 1, result, curve, solved),  # b: one seed solved, one logged none
+        Run("x-v0", "b", 2, result, curve),
+        Run("x-v0", "c", 1, result, curve, [(s, 0.0) for s, _ in curve]),  # c: never
+        Run("x-v0", "c", 2, result, curve, [(s, 0.0) for s, _ in curve]),
+    ]
+    per_run = {(r["core"], r["seed"]): r for r in run_rows(runs, suite)}
+    assert [per_run["a", 1]["solve_logged"], per_run["b", 1]["solve_logged"]] == [False, True]
+    rows = {row["core"]: row for row in aggregate(runs, suite)}
+    assert [rows[c]["solve_logged_seeds"] for c in "abc"] == [0, 1, 2]
+    report = render_markdown(suite, runs, list(rows.values()), plots=[])
+    assert "| x-v0 | a | 2/2 | 0.500 ± 0.000 | - | 0.500 ± 0.000 | - |" in report
+    assert "| x-v0 | b | 2/2 | 0.500 ± 0.000 | - | 0.500 ± 0.000 | 1,280 (1/1) |" in report
+    assert "| x-v0 | c | 2/2 | 0.500 ± 0.000 | - | 0.500 ± 0.000 | never (0/2) |" in report
+    assert "| x-v0 | a | 1 | 0.500 | - | 0.500 | - |" in report
+    assert "| x-v0 | b | 1 | 0.500 | - | 0.500 | 1,280 |" in report
+    assert "| x-v0 | c | 1 | 0.500 | - | 0.500 | never |" in report
 
 
 def test_report_says_so_when_no_run_has_finished_without_failing():

@@ -36,12 +36,12 @@ SUMMARY_COLUMNS = (
     "eval_success_mean", "eval_success_ci95",
     "mmer_mean", "mmer_ci95", "env_steps", "wall_time_s_mean",
     "cpu_time_s_mean",
-    "train_solved_seeds", "train_steps_to_solve_mean", "mmer_seeds",
+    "train_solved_seeds", "train_steps_to_solve_mean", "mmer_seeds", "solve_logged_seeds",
 )  # fmt: skip
 
 RUN_COLUMNS = (
     "env", "core", "seed", "status", "eval_return", "eval_success", "mmer",
-    "train_steps_to_solve", "env_steps", "wall_time_s", "cpu_time_s", "error",
+    "train_steps_to_solve", "env_steps", "wall_time_s", "cpu_time_s", "error", "solve_logged",
 )  # fmt: skip
 
 
@@ -157,13 +157,15 @@ def aggregate(
                 env.name, core, len(ok), len(group) - len(ok),
                 ret, ret_ci, succ, succ_ci, mm, mm_ci, steps_label([r["env_steps"] for r in ok]),
                 wall, cpu, len(solved), mean_ci(solved)[0], sum(not math.isnan(m) for m in mmer),
+                sum(r["solve_logged"] for r in ok),
             ))))  # fmt: skip
     return rows
 
 
 def run_rows(runs: list[Run], suite: SuiteSpec) -> list[dict[str, Any]]:
     """One row per finished run (failed ones included), in the suite's matrix order: its
-    eval return and success, MMER, steps to solve (None: never), env steps and times."""
+    eval return and success, MMER, steps to solve (None: never, or not logged: see
+    ``solve_logged``), env steps and times."""
     rows = []
     for run in runs:
         rows.append(dict(zip(RUN_COLUMNS, (
@@ -175,6 +177,7 @@ def run_rows(runs: list[Run], suite: SuiteSpec) -> list[dict[str, Any]]:
             run_seconds(run.result, "train_time_s", "wall_time_s"),
             run_seconds(run.result, "cpu_time_s"),
             run.result.get("error"),
+            run.ok and bool(_solve_curve(run, suite)),
         ))))  # fmt: skip
     return rows
 
@@ -194,8 +197,16 @@ def run_seconds(result: dict[str, Any], *keys: str) -> float:
 
 def solve_steps(run: Run, suite: SuiteSpec) -> int | None:
     """Env steps until the run's training curve met the suite's solve rule (see report)."""
-    curve = run.success if suite.solve["metric"] == "success_rate" else run.curve
-    return steps_to_solve(curve, suite.mmer_window, float(suite.solve["threshold"]))
+    return steps_to_solve(
+        _solve_curve(run, suite), suite.mmer_window, float(suite.solve["threshold"])
+    )
+
+
+def _solve_curve(run: Run, suite: SuiteSpec) -> list[tuple[int, float]]:
+    """The training curve the solve rule reads; empty where the env reported no success
+    during training (POPGym's envs report none), so that "never" cannot be told apart
+    from "not logged" but by this."""
+    return run.success if suite.solve["metric"] == "success_rate" else run.curve
 
 
 def steps_label(env_steps: list[int | None]) -> str:
@@ -356,10 +367,11 @@ def render_markdown(
         "consecutive updates. *Steps to solve*: the env step at which the training "
         f"{suite.solve['metric']} averaged over {suite.mmer_window} consecutive updates "
         f"first reached {suite.solve['threshold']}, mean over the seeds that reached it "
-        "(their count in brackets). *Wall s* and *CPU s*: seconds of training per run "
-        "(the update loop, summed over resumes; mean over seeds), by the clock and in "
-        "the training process's CPU time, which other jobs sharing the machine inflate "
-        "far less than the wall clock.",
+        "(their count in brackets, out of the seeds that logged it; *-*: no run logged it, "
+        "as where the env reports no success during training). *Wall s* and *CPU s*: "
+        "seconds of training per run (the update loop, summed over resumes; mean over "
+        "seeds), by the clock and in the training process's CPU time, which other jobs "
+        "sharing the machine inflate far less than the wall clock.",
         "",
         "## Results per environment and core",
         "",
@@ -461,9 +473,9 @@ def _run_cells(row: dict) -> list[str]:
     if row["status"] != "ok":
         return [*head, "failed", "-", "-", "-", "-", fmt(row["wall_time_s"], digits=0), "-"]
     steps = row["train_steps_to_solve"]
+    solve = "-" if not row["solve_logged"] else "never" if steps is None else f"{steps:,}"
     return [
-        *head, fmt(row["eval_return"]), fmt(row["eval_success"], digits=2),
-        fmt(row["mmer"]), "never" if steps is None else f"{steps:,}",
+        *head, fmt(row["eval_return"]), fmt(row["eval_success"], digits=2), fmt(row["mmer"]), solve,
         "-" if row["env_steps"] is None else row["env_steps"],
         fmt(row["wall_time_s"], digits=0), fmt(row["cpu_time_s"], digits=0),
     ]  # fmt: skip
@@ -479,7 +491,7 @@ def _mmer_cell(row: dict) -> str:
 
 
 def _solve_cell(row: dict) -> str:
-    solved, total = row["train_solved_seeds"], row["seeds_ok"]
+    solved, total = row["train_solved_seeds"], row["solve_logged_seeds"]
     if not total:
         return "-"
     if not solved:
