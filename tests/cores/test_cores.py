@@ -8,7 +8,10 @@ from tensordict import TensorDict
 from xlstm_rl.cores import CORES, build_core
 
 # option variants that change a core's wiring run through every test as well
-VARIANTS = {"mlstm+conv_skip": ("mlstm", {"conv_skip": True})}
+VARIANTS = {
+    "mlstm+conv_skip": ("mlstm", {"conv_skip": True}),
+    "mlstm-head_norm": ("mlstm", {"head_norm": False}),
+}
 NAMES = sorted(CORES) + sorted(VARIANTS)
 B, T, IN, HID = 3, 23, 5, 16
 OPTIONS = {
@@ -251,3 +254,29 @@ def test_rnn_gate_bias_option_sets_the_gate_that_keeps_memory():
     _, new = forget.step(x, state)
     _, fresh = forget.step(x, forget.initial_state(3))
     torch.testing.assert_close(new["c"], fresh["c"])
+
+
+@pytest.mark.parametrize("normalize", [True, False])
+def test_head_norm_scale_and_projection(normalize):
+    """The per-head layer norm is blind to the output's magnitude; head_norm=False keeps
+    it (only the learnable scale). project() (the scale folded into out's weight for
+    long inputs) equals the plain path either way."""
+    from xlstm_rl.cores.layers import HeadNorm
+
+    torch.manual_seed(0)
+    norm = HeadNorm(2, 4, normalize=normalize).double()
+    out = torch.nn.Linear(8, 3).double()
+    with torch.no_grad():
+        norm.weight.add_(0.5 * torch.randn_like(norm.weight))
+    h = 10.0 * torch.randn(5, 7, 2, 4, dtype=torch.float64)  # the norm's eps negligible
+    gate = torch.rand(5, 7, 2, 4, dtype=torch.float64)
+    scaled = norm(3.0 * h)
+    torch.testing.assert_close(
+        scaled, norm(h) if normalize else 3.0 * norm(h), rtol=1e-4, atol=1e-4
+    )
+    if not normalize:
+        torch.testing.assert_close(norm(h), h * norm.weight)
+    for rows in (h, h[:1, :1]):  # 35 rows > 3 outputs: folded; 1 row: plain
+        g = gate[: rows.shape[0], : rows.shape[1]]
+        expected = out((norm(rows) * g).flatten(-2))
+        torch.testing.assert_close(norm.project(rows, out, g), expected)

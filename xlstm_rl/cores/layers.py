@@ -64,15 +64,23 @@ class _SiluGate(torch.autograd.Function):
 
 
 class HeadNorm(nn.Module):
-    """Layer norm over each head's features separately, one learnable scale overall."""
+    """Layer norm over each head's features separately, one learnable scale overall.
 
-    def __init__(self, num_heads: int, head_dim: int, eps: float = 1e-5):
+    ``normalize=False`` keeps only the learnable scale: the head's output keeps its
+    magnitude (a layer norm is blind to it: a sum over n matching steps and one over a
+    single step normalise to the same vector, so a count cannot be read out)."""
+
+    def __init__(self, num_heads: int, head_dim: int, eps: float = 1e-5, normalize=True):
         super().__init__()
         self.num_heads, self.head_dim, self.eps = num_heads, head_dim, eps
+        self.normalize = normalize
         self.weight = nn.Parameter(torch.ones(num_heads, head_dim))
 
+    def _norm(self, h: torch.Tensor) -> torch.Tensor:
+        return F.layer_norm(h, (self.head_dim,), eps=self.eps) if self.normalize else h
+
     def forward(self, h: torch.Tensor) -> torch.Tensor:  # (..., H, Dh)
-        return F.layer_norm(h, (self.head_dim,), eps=self.eps) * self.weight
+        return self._norm(h) * self.weight
 
     def project(self, h: torch.Tensor, out: nn.Linear, gate: torch.Tensor | None = None):
         """``out((self(h) * gate).flatten(-2))``, gate (..., H, Dh) optional.
@@ -85,7 +93,7 @@ class HeadNorm(nn.Module):
         if rows <= out.out_features:
             y = self(h) if gate is None else self(h) * gate
             return out(y.flatten(-2))
-        y = F.layer_norm(h, (self.head_dim,), eps=self.eps)
+        y = self._norm(h)
         if gate is not None:
             y = y * gate
         return F.linear(y.flatten(-2), out.weight * self.weight.flatten(), out.bias)

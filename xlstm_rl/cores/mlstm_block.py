@@ -32,6 +32,9 @@ class MLSTMBlockConfig:
     # learnable skip from the conv's activation to each head's normed output (the xLSTM
     # paper's mLSTM layer has one); needs the conv and num_heads * head_dim == hidden_size
     conv_skip: bool = False
+    # layer norm over each head's output (the xLSTM paper's); false keeps only a learnable
+    # scale, so that the output's magnitude (a count, say) reaches the residual stream
+    head_norm: bool = True
     gate_cap: float = 15.0
     igate_bias: float = 0.0
     fgate_bias: tuple[float, float] = (3.0, 6.0)  # spread linearly over heads
@@ -93,7 +96,7 @@ class MLSTMBlock(nn.Module):
         self.split = [H * c.dqk, H * c.dqk, 2 * H]
         self.proj_qk = nn.Linear(d, sum(self.split))
         self.proj_vo = nn.Linear(d, 2 * H * dh)
-        self.head_norm = HeadNorm(H, dh)
+        self.head_norm = HeadNorm(H, dh, normalize=c.head_norm)
         self.skip = nn.Parameter(torch.ones(H, dh)) if c.conv_skip else None
         self.out = nn.Linear(H * dh, d)
         self.ffn_norm = nn.LayerNorm(d)
