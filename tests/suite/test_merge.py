@@ -99,12 +99,14 @@ def test_runs_that_cannot_join_are_named_and_nothing_is_copied(smoke, tmp_path):
         merge_runs(into, [source])
     assert "8 run(s) in " in str(refused.value) and " and 3 more\n" in str(refused.value)
     assert "other settings (run -> suite): core.hidden_size: 16 -> 32" in str(refused.value)
+    assert "write OUT/suite.yaml first with the overrides stated" in str(refused.value)
     # and runs outside its matrix
     (into / "suite.yaml").write_text(text.replace("seeds: [1, 2]", "seeds: [1]"))
     with pytest.raises(ConfigError) as refused:
         merge_runs(into, [source])
     assert "4 run(s) in " in str(refused.value) and "TMaze-4/mlstm/seed2\n" in str(refused.value)
     assert "not in the suite's matrix" in str(refused.value)
+    assert "command-line overrides" not in str(refused.value)
     assert sorted(p.relative_to(into) for p in into.rglob("*")) == before
 
     with pytest.raises(FileNotFoundError, match="has no suite.yaml"):

@@ -66,6 +66,13 @@ def _named(keys: list[str]) -> str:
     return ", ".join(keys[:LISTED]) + (f" and {len(keys) - LISTED} more" if keys[LISTED:] else "")
 
 
+_OVERRIDES_HINT = (
+    " Runs made with command-line overrides (--core.options ..., say) differ from their "
+    "own suite.yaml, which does not record them: write OUT/suite.yaml first with the "
+    "overrides stated in it (core_overrides or base), then merge."
+)
+
+
 def merge_runs(into: str | os.PathLike, sources: list[str | os.PathLike]) -> MergeOutcome:
     """Copy the finished runs of each suite output dir in ``sources`` into ``into``.
 
@@ -122,6 +129,7 @@ def merge_runs(into: str | os.PathLike, sources: list[str | os.PathLike]) -> Mer
             + "):\n"
             + "\n".join(lines)
             + "\nNothing was copied."
+            + (_OVERRIDES_HINT if any(w.startswith("other settings") for w, _ in problems) else "")
         )
 
     into.mkdir(parents=True, exist_ok=True)
