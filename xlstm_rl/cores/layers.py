@@ -70,7 +70,7 @@ class HeadNorm(nn.Module):
     magnitude (a layer norm is blind to it: a sum over n matching steps and one over a
     single step normalise to the same vector, so a count cannot be read out)."""
 
-    def __init__(self, num_heads: int, head_dim: int, eps: float = 1e-5, normalize=True):
+    def __init__(self, num_heads: int, head_dim: int, eps: float = 1e-5, normalize: bool = True):
         super().__init__()
         self.num_heads, self.head_dim, self.eps = num_heads, head_dim, eps
         self.normalize = normalize
