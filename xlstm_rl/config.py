@@ -408,13 +408,23 @@ UNSET = _Unset()  # a key one side of a config_diff lacks
 
 def config_diff(old: dict[str, Any], new: dict[str, Any]) -> dict[str, tuple[Any, Any]]:
     """The dotted keys whose values differ between two nested config mappings, each with
-    (old, new); a key only one side has is ``UNSET`` on the other."""
+    (old, new); a key only one side has is ``UNSET`` on the other. An empty mapping that
+    the other side fills (``core.options: {}`` against ``{num_layers: 2}``) shows as its
+    new keys alone, not also as ``{} -> UNSET``."""
     old, new = flatten(old), flatten(new)
-    return {
+    diff = {
         key: (old.get(key, UNSET), new.get(key, UNSET))
         for key in sorted(old.keys() | new.keys())
         if old.get(key, UNSET) != new.get(key, UNSET)
     }
+    filled = [
+        key
+        for key, pair in diff.items()
+        if pair in (({}, UNSET), (UNSET, {})) and any(k.startswith(f"{key}.") for k in diff)
+    ]
+    for key in filled:
+        del diff[key]
+    return diff
 
 
 def flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:

@@ -564,3 +564,48 @@ def test_random_floor_script_restricts_the_actions_as_the_runs_do(tmp_path, caps
     assert script["main"]([str(path), "--episodes", "5"]) == 0
     # every episode runs to the step limit without a turn: return 0, success 0
     assert "| Forward | 0.000 ± 0.000 | 0.000 | 6.0 |" in capsys.readouterr().out
+
+
+def test_report_names_settings_the_suite_file_does_not_give():
+    # command-line overrides (--total_steps, --core.options) reach each run's config but
+    # not suite.yaml: the report reads them back from the runs' own configs
+    from xlstm_rl.config import apply_overrides
+    from xlstm_rl.suite.report import Run, aggregate, render_markdown
+
+    suite = suite_from_dict(
+        {
+            "name": "o",
+            "cores": ["gru", "lstm"],
+            "seeds": [1, 2],
+            "base": {"total_steps": 384, "core": {"hidden_size": 16}},
+            "envs": [
+                {"name": f"T{n}", "id": "xlstm_rl/TMaze-v0", "kwargs": {"corridor_length": n}}
+                for n in (4, 8)
+            ],
+        }
+    )
+    specs = {spec.key: spec for spec in suite.runs()}
+    longer = {"total_steps": 512, "core.options": {"num_layers": 2}}
+
+    def run(env, core, seed, overrides=None, recorded=True):
+        result = {"status": "ok", "global_step": 384, "final_eval": {"return_mean": 0.5}}
+        if recorded:  # the worker records the config it trained with
+            config = specs[f"{env}/{core}/seed{seed}"].config
+            result["config"] = apply_overrides(config, overrides or {})
+        return Run(env, core, seed, result, [(384, 0.5)])
+
+    plain = [run(env, "lstm", s) for env in ("T4", "T8") for s in (1, 2)]
+    report = render_markdown(suite, plain, aggregate(plain, suite), plots=[])
+    assert "Settings other than the suite file's" not in report
+    runs = plain + [run(env, "gru", s, longer) for env in ("T4", "T8") for s in (1, 2)]
+    runs[0] = run("T4", "lstm", 1, {"ppo.lr": 0.01})
+    runs[1] = run("T4", "lstm", 2, recorded=False)  # a result from before configs were kept
+    report = render_markdown(suite, runs, aggregate(runs, suite), plots=[])
+    assert "## Settings other than the suite file's" in report
+    section = report.split("## Settings other than the suite file's")[1].split("## Results")[0]
+    assert "- 4 runs (core gru; every env; every seed):" in section
+    assert "  - `total_steps: 384 -> 512`" in section
+    assert "  - `core.options.num_layers: (unset) -> 2`" in section and "{}" not in section
+    assert "- 1 run (core lstm; env T4; seed 1):" in section
+    assert "  - `ppo.lr: 0.00025 -> 0.01`" in section
+    assert section.count("\n- ") == 2  # the unchanged and unrecorded lstm runs: not listed

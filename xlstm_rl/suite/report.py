@@ -22,7 +22,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from xlstm_rl.suite.runner import read_result
+from xlstm_rl.config import ConfigError
+from xlstm_rl.suite.runner import config_changes, read_result
 from xlstm_rl.suite.spec import SuiteSpec, load_suite
 from xlstm_rl.suite.worker import rolling_max_mean, write_csv
 
@@ -319,6 +320,47 @@ def random_floors(report_dir: Path, runs: list[Run], suite: SuiteSpec) -> dict[s
     return floors
 
 
+def settings_beyond_suite(runs: list[Run], suite: SuiteSpec) -> list[tuple[list[str], list[Run]]]:
+    """Runs that trained with settings other than the suite file gives them (a command-line
+    override such as ``--total_steps`` or ``--core.options``, which ``suite.yaml`` does not
+    record), grouped by the same changes: ``(["key: suite file -> run", ...], runs)``.
+    Read from each run's recorded config, so it holds for runs merged in from elsewhere."""
+    try:
+        specs = {spec.key: spec for spec in suite.runs()}
+    except ConfigError:  # a suite file this version cannot expand: nothing to compare with
+        return []
+    groups: dict[tuple[str, ...], list[Run]] = {}
+    for run in runs:
+        config = run.result.get("config")
+        spec = specs.get(f"{run.env}/{run.core}/seed{run.seed}")
+        if isinstance(config, dict) and spec is not None:
+            changes = config_changes(spec.config, config)
+            if changes:
+                groups.setdefault(tuple(changes), []).append(run)
+    return [(list(changes), group) for changes, group in groups.items()]
+
+
+def _which_runs(group: list[Run], suite: SuiteSpec) -> str:
+    """``3 runs: core gru, env X, seeds 1, 2, 3``: each axis named in full, or 'all'."""
+
+    def axis(kind: str, values: list, every: list) -> str:
+        if len(values) == len(every) > 1:
+            return f"every {kind}"
+        return f"{kind}{'s' if len(values) > 1 else ''} {', '.join(map(str, values))}"
+
+    envs = [e.name for e in suite.envs if any(r.env == e.name for r in group)]
+    cores = [c for c in suite.cores if any(r.core == c for r in group)]
+    seeds = [s for s in suite.seeds if any(r.seed == s for r in group)]
+    named = [
+        axis("core", cores, suite.cores),
+        axis("env", envs, [e.name for e in suite.envs]),
+        axis("seed", seeds, suite.seeds),
+    ]
+    count = f"{len(group)} run{'s' if len(group) > 1 else ''}"
+    whole = len(group) == len(envs) * len(cores) * len(seeds)
+    return f"{count} ({'; '.join(named)}{'' if whole else ', not every combination'})"
+
+
 def _table(header: list[str], rows: list[list[str]]) -> list[str]:
     lines = ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
     return lines + ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
@@ -373,9 +415,21 @@ def render_markdown(
         "seeds), by the clock and in the training process's CPU time, which other jobs "
         "sharing the machine inflate far less than the wall clock.",
         "",
-        "## Results per environment and core",
-        "",
     ]
+    beyond = settings_beyond_suite(runs, suite)
+    if beyond:
+        lines += ["## Settings other than the suite file's", ""]
+        lines += [
+            "These runs trained with settings the suite file does not give them "
+            "(command-line overrides, which `suite.yaml` does not record; from each run's "
+            "own config): setting: the suite file's value -> the run's.",
+            "",
+        ]
+        for changes, group in beyond:
+            lines.append(f"- {_which_runs(group, suite)}:")
+            lines += [f"  - `{change}`" for change in changes]
+        lines.append("")
+    lines += ["## Results per environment and core", ""]
     table = [
         [
             row["env"], row["core"], f"{row['seeds_ok']}/{row['seeds_ok'] + row['seeds_failed']}",
