@@ -341,7 +341,9 @@ def settings_beyond_suite(runs: list[Run], suite: SuiteSpec) -> list[tuple[list[
 
 
 def _which_runs(group: list[Run], suite: SuiteSpec) -> str:
-    """``3 runs: core gru, env X, seeds 1, 2, 3``: each axis named in full, or 'all'."""
+    """``3 runs (core gru; env X; every seed)``: the group's cores, envs and seeds, each
+    axis named in full or as "every" where the group covers the suite's whole axis, and
+    ", not every combination" where the group is not the product of the three."""
 
     def axis(kind: str, values: list, every: list) -> str:
         if len(values) == len(every) > 1:
