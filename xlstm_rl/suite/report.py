@@ -85,6 +85,11 @@ class Run:
     success: list[tuple[int, float]] = dataclasses.field(default_factory=list)  # same steps
 
     @property
+    def key(self) -> str:
+        """``env/core/seed<k>``, as ``RunSpec.key`` names the same run."""
+        return f"{self.env}/{self.core}/seed{self.seed}"
+
+    @property
     def ok(self) -> bool:
         return self.result.get("status") == "ok"
 
@@ -332,7 +337,7 @@ def settings_beyond_suite(runs: list[Run], suite: SuiteSpec) -> list[tuple[list[
     groups: dict[tuple[str, ...], list[Run]] = {}
     for run in runs:
         config = run.result.get("config")
-        spec = specs.get(f"{run.env}/{run.core}/seed{run.seed}")
+        spec = specs.get(run.key)
         if isinstance(config, dict) and spec is not None:
             changes = config_changes(spec.config, config)
             if changes:
@@ -507,7 +512,7 @@ def render_markdown(
         lines += ["", "## Failed runs", ""]
         lines += _table(
             ["run", "error"],
-            [[f"{r.env}/{r.core}/seed{r.seed}", _cell(r.result.get("error"))] for r in failed],
+            [[r.key, _cell(r.result.get("error"))] for r in failed],
         )
     lines += ["", "## Every run", ""]
     lines += [
