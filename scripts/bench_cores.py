@@ -11,7 +11,10 @@ quartiles of the per-pair ratios), which the VM's drift between blocks of runs m
 less than the ratio of two best times taken minutes apart. And (``--long``, on by
 default; ``--no-long`` skips it) each core's training pass at B=16 over T=1,024 against
 T=128, per step: about 1 means the cost is linear in T, as it must be for a recurrent
-core (a backward that grows faster, as the step loops once had, shows up here).
+core (a backward that grows faster, as the step loops once had, shows up here); the
+transformer is in that row too (its window caps what a query attends to, and its
+sequence pass goes in chunks, so it must be about 1 as well; as one T x T attention it
+was about 5).
 
 The sLSTM cell's rows compare its two CPU backends, the hand-written backward through
 time (``bptt``, what ``auto`` picks) and autograd through the reference loop, at this
@@ -123,7 +126,7 @@ def main() -> None:
         "--long",
         action=argparse.BooleanOptionalAction,
         default=True,
-        help="per-step training cost at T=1,024 over T=128 (B=16) for each recurrent core",
+        help="per-step training cost at T=1,024 over T=128 (B=16) for each memory core",
     )
     args = parser.parse_args()
     if args.threads:
@@ -251,9 +254,9 @@ def main() -> None:
 
 
 def long_ratios(args) -> str:
-    """Per-step training cost at T = 1,024 over T = 128 for each recurrent core."""
+    """Per-step training cost at T = 1,024 over T = 128 for each memory core."""
     out = []
-    for name in ("mlstm", "slstm", "xlstm", "lstm", "gru"):
+    for name in ("mlstm", "slstm", "xlstm", "lstm", "gru", "transformer"):
         core, per_step = build_core(name, HIDDEN, HIDDEN), []
         for length in (128, 1024):
             x = torch.randn(B_STEP, length, HIDDEN)

@@ -150,6 +150,7 @@ def test_unknown_core_and_options():
         ("lstm", {"num_layers": 2.0}, "LSTMCore: option num_layers must be an int >= 1"),
         ("transformer", {"memory_len": 4.0}, "option memory_len must be an int >= 1, got 4.0"),
         ("transformer", {"ffn_factor": 0}, "option ffn_factor must be > 0, got 0"),
+        ("transformer", {"chunk_len": 0}, "option chunk_len must be an int >= 1, got 0"),
     ],
 )
 def test_options_of_the_wrong_type_name_the_option(name, options, message):

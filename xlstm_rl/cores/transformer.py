@@ -8,6 +8,11 @@ a learned bias per head and distance, never across an episode start. Residuals
 are GRU-type gates biased towards the identity (Parisotto et al., 2020). The
 acting cost is set by the window W (attention over W cached keys); the memory it
 holds is 2 * W * d floats per layer and row.
+
+A sequence pass takes its queries `chunk_len` steps at a time (default max(128, W)),
+each chunk through every layer with the caches carried between chunks, so its time and
+memory grow as T * (chunk_len + W), not T^2 (a 10,000-step rollout, say). The result
+is the same for every chunk_len: a step is a chunk of one.
 """
 
 from __future__ import annotations
@@ -108,6 +113,7 @@ class TransformerCore(MemoryCore):
         num_heads: int = 4,
         memory_len: int = 64,
         ffn_factor: float = 2.0,
+        chunk_len: int | None = None,
     ):
         super().__init__()
         option_ints(
@@ -118,10 +124,13 @@ class TransformerCore(MemoryCore):
             num_heads=num_heads,
             memory_len=memory_len,
         )
+        if chunk_len is not None:
+            option_ints("TransformerCore", chunk_len=chunk_len)
         if option_number("TransformerCore", "ffn_factor", ffn_factor) <= 0:
             raise ValueError(f"TransformerCore: option ffn_factor must be > 0, got {ffn_factor}")
         self.input_size, self.hidden_size, self.output_size = input_size, hidden_size, hidden_size
         self.memory_len = memory_len
+        self.chunk_len = chunk_len or max(128, memory_len)
         same = input_size == hidden_size
         self.proj_in = nn.Identity() if same else nn.Linear(input_size, hidden_size)
         self.layers = nn.ModuleList(
@@ -140,12 +149,20 @@ class TransformerCore(MemoryCore):
 
     def _forward(self, x, state, resets):
         x = self.proj_in(x)
-        new = {}
-        for n, layer in enumerate(self.layers):
-            s = state[f"layer{n}"]
-            x, k, v, valid = layer(x, s["k"], s["v"], s["valid"], resets)
-            new[f"layer{n}"] = {"k": k, "v": v, "valid": valid}
-        return self.norm_out(x), make_state(new, state.batch_size)
+        caches = [
+            tuple(state[f"layer{n}", key] for key in ("k", "v", "valid"))
+            for n in range(len(self.layers))
+        ]
+        L, outputs = self.chunk_len, []
+        for start in range(0, x.shape[1], L):
+            h = x[:, start : start + L]
+            chunk_resets = None if resets is None else resets[:, start : start + L]
+            for n, layer in enumerate(self.layers):
+                h, *caches[n] = layer(h, *caches[n], chunk_resets)
+            outputs.append(h)
+        y = outputs[0] if len(outputs) == 1 else torch.cat(outputs, 1)
+        new = {f"layer{n}": dict(zip(("k", "v", "valid"), c)) for n, c in enumerate(caches)}
+        return self.norm_out(y), make_state(new, state.batch_size)
 
     def _step(self, x, state, reset):
         y, state = self._forward(x[:, None], state, None if reset is None else reset[:, None])
