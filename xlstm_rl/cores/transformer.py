@@ -101,6 +101,25 @@ class GTrXLLayer(nn.Module):
         )
         return x, k[:, -W:], v[:, -W:], new_valid[:, -W:].to(valid.dtype)
 
+    def step(self, x, k_mem, v_mem, valid, reset):
+        """``forward`` for one step, x (B, d), reset (B,) bool or None, with the masks of a
+        single query written out (every key is in its window; the cached ones count
+        when valid and the row does not reset): a third of the ops, for acting."""
+        B, d = x.shape
+        W, H = self.memory_len, self.num_heads
+        q, k_new, v_new = self.qkv(self.norm_attn(x)).unflatten(-1, (3, H, d // H)).unbind(1)
+        k = torch.cat([k_mem.to(x.dtype), k_new[:, None]], dim=1)  # (B, W + 1, H, dh)
+        v = torch.cat([v_mem.to(x.dtype), v_new[:, None]], dim=1)
+        keep = valid.bool() if reset is None else valid.bool() & ~reset[:, None]  # (B, W)
+        allowed = torch.cat([keep, keep.new_ones(B, 1)], dim=1)  # (B, W + 1)
+        # key j of the W + 1 is W - j steps back: the distance biases in reverse
+        scores = torch.einsum("bhe,bshe->bhs", q, k) / (d // H) ** 0.5
+        scores = (scores + self.distance_bias.flip(-1)).masked_fill(~allowed[:, None], -torch.inf)
+        attn = torch.einsum("bhs,bshe->bhe", scores.softmax(-1), v).flatten(-2)
+        x = self.gate_attn(x, F.relu(self.out(attn)))
+        x = self.gate_ffn(x, F.relu(self.ffn(self.norm_ffn(x))))
+        return x, k[:, -W:], v[:, -W:], allowed[:, -W:].to(valid.dtype)
+
 
 class TransformerCore(MemoryCore):
     """A small GTrXL: layers of gated attention over a sliding cache of past activations."""
@@ -165,5 +184,9 @@ class TransformerCore(MemoryCore):
         return self.norm_out(y), make_state(new, state.batch_size)
 
     def _step(self, x, state, reset):
-        y, state = self._forward(x[:, None], state, None if reset is None else reset[:, None])
-        return y[:, 0], state
+        x, new = self.proj_in(x), {}
+        for n, layer in enumerate(self.layers):
+            s = state[f"layer{n}"]
+            x, k, v, valid = layer.step(x, s["k"], s["v"], s["valid"], reset)
+            new[f"layer{n}"] = {"k": k, "v": v, "valid": valid}
+        return self.norm_out(x), make_state(new, state.batch_size)
