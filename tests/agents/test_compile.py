@@ -23,14 +23,20 @@ pytestmark = pytest.mark.skipif(
 )
 
 MLSTM = {"core.name": "mlstm", "core.options": {"num_heads": 2}}
+# the transformer's sequence pass in chunks shorter than the rollout, its step path apart
+TRANSFORMER = {
+    "core.name": "transformer",
+    "core.options": {"num_heads": 2, "memory_len": 4, "chunk_len": 3},
+}
 
 
 def rel_err(actual: torch.Tensor, expected: torch.Tensor) -> float:
     return float((actual - expected).abs().max() / expected.abs().max().clamp(min=1e-12))
 
 
-def test_compiled_acting_and_loss_match_eager(tmp_path):
-    config = tiny_config(tmp_path, **MLSTM)
+@pytest.mark.parametrize("core", [MLSTM, TRANSFORMER], ids=["mlstm", "transformer"])
+def test_compiled_acting_and_loss_match_eager(tmp_path, core):
+    config = tiny_config(tmp_path, **core)
     rollouts = {}
     for compiled in (False, True):
         collector, policy = make_collector(config, compile=compiled)
