@@ -12,7 +12,7 @@ holds is 2 * W * d floats per layer and row.
 A sequence pass takes its queries `chunk_len` steps at a time (default max(128, W)),
 each chunk through every layer with the caches carried between chunks, so its time and
 memory grow as T * (chunk_len + W), not T^2 (a 10,000-step rollout, say). The result
-is the same for every chunk_len: a step is a chunk of one.
+is the same for every chunk_len, and the same as T steps.
 """
 
 from __future__ import annotations
@@ -104,7 +104,7 @@ class GTrXLLayer(nn.Module):
     def step(self, x, k_mem, v_mem, valid, reset):
         """``forward`` for one step, x (B, d), reset (B,) bool or None, with the masks of a
         single query written out (every key is in its window; the cached ones count
-        when valid and the row does not reset): a third of the ops, for acting."""
+        when valid and the row does not reset): fewer ops, for acting."""
         B, d = x.shape
         W, H = self.memory_len, self.num_heads
         q, k_new, v_new = self.qkv(self.norm_attn(x)).unflatten(-1, (3, H, d // H)).unbind(1)
