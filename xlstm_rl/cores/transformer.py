@@ -59,6 +59,12 @@ class GTrXLLayer(nn.Module):
         self.ffn = nn.Sequential(nn.Linear(d, width), nn.ReLU(), nn.Linear(width, d))
         self.gate_ffn = GRUGate(d)
 
+    def _residuals(self, x, attn):
+        """The gated residuals after attention: its output projection, then the
+        feed-forward; shared by the sequence pass and the step."""
+        x = self.gate_attn(x, F.relu(self.out(attn)))
+        return self.gate_ffn(x, F.relu(self.ffn(self.norm_ffn(x))))
+
     def forward(self, x, k_mem, v_mem, valid, resets):
         """x (B, T, d); the cache k_mem, v_mem (B, W, H, dh) of the last W inputs' keys and
         values, valid (B, W) -> y (B, T, d), new k_mem, v_mem and valid."""
@@ -91,8 +97,7 @@ class GTrXLLayer(nn.Module):
         scores = torch.einsum("bthe,bshe->bhts", q, k) / (d // H) ** 0.5 + bias
         scores = scores.masked_fill(~allowed[:, None], float("-inf"))
         attn = torch.einsum("bhts,bshe->bthe", scores.softmax(-1), v).flatten(-2)
-        x = self.gate_attn(x, F.relu(self.out(attn)))
-        x = self.gate_ffn(x, F.relu(self.ffn(self.norm_ffn(x))))
+        x = self._residuals(x, attn)
 
         # the new cache: the last W keys and values, valid if still in the current episode
         last_episode = episode[:, -1:]  # (B, 1)
@@ -116,8 +121,7 @@ class GTrXLLayer(nn.Module):
         scores = torch.einsum("bhe,bshe->bhs", q, k) / (d // H) ** 0.5
         scores = (scores + self.distance_bias.flip(-1)).masked_fill(~allowed[:, None], -torch.inf)
         attn = torch.einsum("bhs,bshe->bhe", scores.softmax(-1), v).flatten(-2)
-        x = self.gate_attn(x, F.relu(self.out(attn)))
-        x = self.gate_ffn(x, F.relu(self.ffn(self.norm_ffn(x))))
+        x = self._residuals(x, attn)
         return x, k[:, -W:], v[:, -W:], allowed[:, -W:].to(valid.dtype)
 
 
