@@ -21,7 +21,7 @@ here within the step cap is unlikely to learn that corridor from PPO at a simila
 number of episodes.
 
     python scripts/probe_memory.py [--cores mlstm gru 'gru:{update_bias: 4}'] \\
-        [--lengths 100 1000] [--seeds 1 2 3] [--max-steps 1000]
+        [--lengths 100 1000] [--seeds 1 2 3] [--max-steps 1000] [--progress]
 
 A core is a name for ``build_core``, optionally followed by ``:`` and its options
 as a YAML mapping.
@@ -32,6 +32,7 @@ from __future__ import annotations
 import argparse
 import math
 import statistics
+import sys
 import time
 
 import torch
@@ -114,17 +115,18 @@ def build_model(spec: str, args) -> nn.Module:
     return (PolicyProbe if args.policy else Probe)(*parse_core(spec), args.hidden)
 
 
-def probe(spec: str, length: int, seed: int, args) -> tuple[int | None, float, float]:
-    """Gradient steps until solved (None if not within max_steps), seconds per step, and
-    the RMS gradient that reaches the cue's encoder weights on the first step (before
-    clipping): how strongly the untrained core connects the junction to the cue."""
+def probe(spec: str, length: int, seed: int, args) -> tuple[int | None, float, float, float]:
+    """Gradient steps until solved (None if not within max_steps), seconds per step, the
+    RMS gradient that reaches the cue's encoder weights on the first step (before
+    clipping): how strongly the untrained core connects the junction to the cue, and the
+    best held-out accuracy of the checks (how far an unsolved run got)."""
     torch.manual_seed(seed)
     model = build_model(spec, args)
     cue_grad = float("nan")
     optimizer = torch.optim.Adam(model.parameters(), lr=args.lr, eps=args.adam_eps)
     train_gen = torch.Generator().manual_seed(seed)
     held_out = recall_batch(HELD_OUT, length, torch.Generator().manual_seed(10**6 + seed))
-    start = time.perf_counter()
+    start, best = time.perf_counter(), 0.0
     for step in range(1, args.max_steps + 1):
         x, cue = recall_batch(args.batch, length, train_gen)
         loss = nn.functional.cross_entropy(model(x), cue)
@@ -137,9 +139,17 @@ def probe(spec: str, length: int, seed: int, args) -> tuple[int | None, float, f
         if step % CHECK_EVERY == 0 or step == args.max_steps:  # the last step counts too
             with torch.no_grad():
                 accuracy = (model(held_out[0]).argmax(-1) == held_out[1]).float().mean().item()
+            best = max(best, accuracy)
+            if args.progress:
+                print(
+                    f"{spec} corridor {length} seed {seed}: step {step}, loss {loss.item():.4f}, "
+                    f"held-out accuracy {accuracy:.3f} ({time.perf_counter() - start:.0f} s)",
+                    file=sys.stderr,
+                    flush=True,
+                )
             if accuracy >= SOLVED:
-                return step, (time.perf_counter() - start) / step, cue_grad
-    return None, (time.perf_counter() - start) / args.max_steps, cue_grad
+                return step, (time.perf_counter() - start) / step, cue_grad, best
+    return None, (time.perf_counter() - start) / args.max_steps, cue_grad, best
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -157,6 +167,9 @@ def main(argv: list[str] | None = None) -> int:
         "--policy", action="store_true", help="the agents' policy network instead of the bare core"
     )
     parser.add_argument("--threads", type=int, default=1, help="torch threads (0: torch's default)")
+    parser.add_argument(
+        "--progress", action="store_true", help="print each held-out check to stderr"
+    )
     args = parser.parse_args(argv)
     if min(args.lengths) < 1:
         parser.error(f"--lengths must be >= 1, got {args.lengths}")
@@ -180,22 +193,23 @@ def main(argv: list[str] | None = None) -> int:
     )
     print(
         "| core | corridor | seeds solved | steps to solve (per seed) | median | s / step "
-        "| cue gradient at init |"
+        "| cue gradient at init | best held-out accuracy (per seed) |"
     )
-    print("| --- | ---: | ---: | --- | ---: | ---: | ---: |")
+    print("| --- | ---: | ---: | --- | ---: | ---: | ---: | --- |")
     for spec in args.cores:
         for length in args.lengths:
             results = [probe(spec, length, seed, args) for seed in args.seeds]
-            steps = [s for s, _, _ in results]
+            steps = [r[0] for r in results]
             solved = [s for s in steps if s is not None]
             per_seed = ", ".join("-" if s is None else str(s) for s in steps)
             median = f"{statistics.median(solved):.0f}" if len(solved) == len(steps) else "-"
-            seconds = statistics.mean(t for _, t, _ in results)
-            cue_grad = statistics.mean(g for _, _, g in results)
+            seconds = statistics.mean(r[1] for r in results)
+            cue_grad = statistics.mean(r[2] for r in results)
             cue_grad = "-" if math.isnan(cue_grad) else f"{cue_grad:.1e}"
+            best = ", ".join(f"{r[3]:.3f}" for r in results)
             print(
                 f"| {spec} | {length} | {len(solved)}/{len(steps)} | {per_seed} | {median} "
-                f"| {seconds:.3f} | {cue_grad} |",
+                f"| {seconds:.3f} | {cue_grad} | {best} |",
                 flush=True,
             )
     return 0
